@@ -1,0 +1,36 @@
+"""tandem: one declarative spec per BERT-family model, compiled to PyTorch or Flax with equal numerics.
+
+Example:
+    >>> import tandem
+    >>> config = tandem.BertConfig(num_hidden_layers=2)
+    >>> torch_model = tandem.build(config, task="masked_lm", backend="torch", seed=0)
+    >>> flax_model = tandem.build(config, task="masked_lm", backend="flax", seed=0)  # same weights
+"""
+
+from .backends.api import build, from_pretrained, save_pretrained
+from .core import (
+    BertConfig,
+    CheckpointError,
+    FamilyConfig,
+    ModelGraph,
+    build_graph,
+    config_from_hf,
+    summary,
+)
+from .core.outputs import ModelOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BertConfig",
+    "CheckpointError",
+    "FamilyConfig",
+    "ModelGraph",
+    "ModelOutput",
+    "build",
+    "build_graph",
+    "config_from_hf",
+    "from_pretrained",
+    "save_pretrained",
+    "summary",
+]

@@ -1,0 +1,76 @@
+"""The public entry points: build, from_pretrained, save_pretrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from ..core.checkpoint import match_weights, read_weights, save_checkpoint, task_for_checkpoint
+from ..core.config import FamilyConfig
+from ..core.families import build_graph, config_from_hf
+from ..core.params import init_params
+from . import load_backend
+
+Backend = Literal["torch", "flax"]
+DType = Literal["float32", "bfloat16"]
+_DTYPES = ("float32", "bfloat16")
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+
+
+def build(
+    config: FamilyConfig, task: str = "base", backend: Backend = "torch", seed: int = 0, dtype: DType = "float32"
+) -> Any:
+    """A fresh model of ``config`` for ``task`` with HF's initialisation, drawn from ``seed``.
+
+    The weights depend only on ``seed``, not on the backend: the same seed gives the same weights in torch
+    and flax. The model is in eval mode (torch) / called with ``train=False`` by default (flax).
+
+    Example:
+        >>> model = tandem.build(tandem.BertConfig(num_hidden_layers=2), task="masked_lm", backend="flax")
+    """
+    _check_dtype(dtype)
+    graph = build_graph(config, task)
+    adapter = load_backend(backend)
+    return adapter.create(graph, config, init_params(graph, seed), dtype)
+
+
+def from_pretrained(
+    path: str | Path,
+    backend: Backend = "torch",
+    task: str | None = None,
+    dtype: DType = "float32",
+    strict: bool = True,
+) -> Any:
+    """Load an HF checkpoint directory (``config.json`` + ``model.safetensors``) into ``backend``.
+
+    ``task`` defaults to the one named by the config's ``architectures`` (``BertForMaskedLM`` ->
+    ``masked_lm``), else ``base``. Base weights load into head models and head checkpoints into base
+    models; head weights the checkpoint lacks are initialised and listed in one warning. Unexpected or
+    mis-shaped weights raise :class:`~tandem.CheckpointError` naming them (``strict=False``: report them in
+    the warning instead).
+    """
+    _check_dtype(dtype)
+    directory = Path(path)
+    config = config_from_hf(directory)
+    checkpoint_task = task_for_checkpoint(config)
+    graph = build_graph(config, task or checkpoint_task or "base")
+    adapter = load_backend(backend)
+    weights, _ = match_weights(graph, config, read_weights(directory), checkpoint_task, strict=strict)
+    return adapter.create(graph, config, weights, dtype)
+
+
+def save_pretrained(model: Any, path: str | Path) -> None:
+    """Write ``config.json`` (with ``architectures``) and ``model.safetensors`` that HF loads.
+
+    Each file is written to a temporary name and renamed into place, so a failure never leaves a
+    half-written checkpoint.
+    """
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        raise TypeError(f"save_pretrained expects a tandem model, got {type(model).__name__}")
+    weights = load_backend(model.backend).export(model)
+    save_checkpoint(path, model.config, graph.task, weights)

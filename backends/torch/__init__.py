@@ -1,0 +1,37 @@
+"""The PyTorch adapter: graph + weights -> ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ...core.config import FamilyConfig
+from ...core.nodes import ModelGraph
+from ...core.params import param_entries
+from .model import TorchModel
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def create(graph: ModelGraph, config: FamilyConfig, weights: Mapping[str, np.ndarray], dtype: str) -> TorchModel:
+    """A :class:`TorchModel` holding ``weights`` (canonical HF PyTorch keys), in eval mode."""
+    model = TorchModel(graph, config, weights)
+    if dtype != "float32":
+        model = model.to(_DTYPES[dtype])
+    return model.eval()
+
+
+def export(model: TorchModel) -> dict[str, np.ndarray]:
+    """The canonical weights of ``model`` (no tied aliases) as float32-or-native numpy arrays."""
+    out = {}
+    for entry in param_entries(model.graph):
+        tensor = model.get_parameter(entry.key).detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        out[entry.key] = tensor.numpy()
+    return out
+
+
+__all__ = ["TorchModel", "create", "export"]

@@ -1,0 +1,173 @@
+"""Compile a layer graph into a ``torch.nn.Module`` whose ``state_dict`` is an HF PyTorch checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ...core import nodes as n
+from ...core.config import FamilyConfig
+from ...core.outputs import ModelOutput
+from ...core.params import param_entries, torch_aliases
+from . import nodes as ops
+
+
+def _attach(root: nn.Module, key: str, param: nn.Parameter) -> None:
+    """Register ``param`` at dotted ``key``, creating plain container modules along the way."""
+    *scopes, name = key.split(".")
+    module = root
+    for scope in scopes:
+        if scope not in module._modules:
+            module.add_module(scope, nn.Module())
+        module = module._modules[scope]
+    module.register_parameter(name, param)
+
+
+class TorchModel(nn.Module):
+    """A compiled graph. Call it with keyword tensors; it returns a :class:`ModelOutput`.
+
+    The module tree holds exactly the graph's declared parameters at their HF paths (plus HF's tied
+    aliases, which are the same ``Parameter`` objects), so ``state_dict()`` keys are HF PyTorch's. Like any
+    ``nn.Module`` it starts in training mode when constructed directly; :func:`tandem.build` and
+    :func:`tandem.from_pretrained` return it in eval mode, as HF does.
+
+    Example:
+        >>> model = tandem.build(tandem.BertConfig(num_hidden_layers=2), task="masked_lm", backend="torch")
+        >>> out = model(input_ids=torch.tensor([[101, 2023, 102]]))
+        >>> out.logits.shape
+        torch.Size([1, 3, 30522])
+    """
+
+    backend = "torch"
+
+    def __init__(self, graph: n.ModelGraph, config: FamilyConfig, weights: Mapping[str, np.ndarray]) -> None:
+        super().__init__()
+        self.graph = graph
+        self.config = config
+        for entry in param_entries(graph):
+            value = torch.from_numpy(np.array(weights[entry.key], copy=True))
+            _attach(self, entry.key, nn.Parameter(value))
+        for alias, canonical in torch_aliases(graph).items():
+            _attach(self, alias, self.get_parameter(canonical))
+
+    @property
+    def task(self) -> str:
+        return self.graph.task
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        head_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        **labels: Tensor,
+    ) -> ModelOutput:
+        """Run the model. Label keyword arguments are the task's (``labels``, ``start_positions``...)."""
+        graph = self.graph
+        unknown = sorted(set(labels) - set(graph.label_names()))
+        if unknown:
+            raise TypeError(
+                f"{graph.family} {graph.task} got unexpected keyword argument(s) {unknown}; "
+                f"its labels are {list(graph.label_names())}"
+            )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+        }
+        num_choices = None
+        if graph.multiple_choice:
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            if reference.dim() != 3:
+                raise ValueError(f"multiple_choice inputs must be (batch, choices, length), got {tuple(reference.shape)}")
+            num_choices = reference.shape[1]
+            inputs = {
+                k: None if v is None else v.reshape(-1, *v.shape[2:]) for k, v in inputs.items()
+            }
+        ctx = ops.Context(
+            params=dict(self.named_parameters(remove_duplicate=False)),
+            training=self.training,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        outputs = self._run(inputs, head_mask, ctx)
+        if num_choices is not None:
+            outputs["logits"] = outputs["logits"].reshape(-1, num_choices)
+        result = ModelOutput()
+        if all(name in labels for name in graph.label_names()) and graph.losses:
+            result["loss"] = sum(ops.loss(term, outputs, labels) for term in graph.losses)
+        result.update(outputs)
+        return result
+
+    def _run(self, inputs: dict[str, Tensor | None], head_mask: Tensor | None, ctx: ops.Context) -> dict[str, Any]:
+        graph = self.graph
+        backbone = graph.backbone
+        ids, embeds = inputs["input_ids"], inputs["inputs_embeds"]
+        batch, length = (ids.shape if ids is not None else embeds.shape[:2])
+        device = ids.device if ids is not None else embeds.device
+        mask = inputs["attention_mask"]
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.long, device=device)
+        token_type_ids = inputs["token_type_ids"]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
+        position_ids = inputs["position_ids"]
+        if position_ids is None:
+            position_ids = torch.arange(length, device=device)[None, :]
+        dtype = next(iter(ctx.params.values())).dtype
+        path = backbone.path
+        emb = backbone.embeddings
+        x = ops.embeddings(emb, n.join(path, emb.path), ids, token_type_ids, position_ids, embeds, ctx)
+        enc = backbone.encoder
+        x, hidden_states, attentions = ops.encoder(
+            enc, n.join(path, enc.path), x, mask, _head_mask(head_mask, enc, dtype), ctx
+        )
+        pooled = None
+        if backbone.pooler is not None:
+            pooled = ops.pooler(backbone.pooler, n.join(path, backbone.pooler.path), x, ctx)
+        out: dict[str, Any] = {}
+        for head in graph.heads:
+            head_path = head.path
+            if isinstance(head, n.LMHead):
+                out[head.output] = ops.lm_head(head, head_path, x, ctx)
+                continue
+            logits = ops.dense_head(head, head_path, pooled if head.source == "pooled" else x, ctx)
+            if head.split is None:
+                out[head.output] = logits
+            else:
+                for name, part in zip(head.split, logits.split(1, dim=-1), strict=True):
+                    out[name] = part.squeeze(-1).contiguous()
+        if "last_hidden_state" in graph.expose:
+            out["last_hidden_state"] = x
+        if "pooler_output" in graph.expose and pooled is not None:
+            out["pooler_output"] = pooled
+        if ctx.output_hidden_states:
+            out["hidden_states"] = tuple(hidden_states)
+        if ctx.output_attentions:
+            out["attentions"] = tuple(attentions)
+        return out
+
+
+def _head_mask(head_mask: Tensor | None, encoder: n.Encoder, dtype: torch.dtype) -> Tensor | None:
+    """HF's ``get_head_mask``: (heads,) or (rows, heads) -> (rows, 1, heads, 1, 1) in the param dtype."""
+    if head_mask is None:
+        return None
+    heads = encoder.layers[0].attention.attention.num_heads
+    rows = encoder.num_head_mask_rows
+    if head_mask.dim() == 1:
+        head_mask = head_mask[None].expand(rows, -1)
+    if head_mask.dim() != 2 or head_mask.shape[1] != heads or head_mask.shape[0] != rows:
+        raise ValueError(f"head_mask must be ({heads},) or ({rows}, {heads}), got {tuple(head_mask.shape)}")
+    return head_mask[:, None, :, None, None].to(dtype)

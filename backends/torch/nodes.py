@@ -1,0 +1,226 @@
+"""One torch implementation per node kind, as functions over a flat ``{HF key: tensor}`` param dict.
+
+Nothing here knows a model family: each function receives its node (sizes and numeric choices), the
+node's full path (to find its parameters) and its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...core import nodes as n
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "silu": F.silu,
+    "swish": F.silu,
+    "mish": F.mish,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+@dataclass
+class Context:
+    """Per-call state: the parameters, the mode and what to record."""
+
+    params: dict[str, Tensor]
+    training: bool
+    output_attentions: bool
+    output_hidden_states: bool
+
+    def get(self, path: str, name: str) -> Tensor:
+        return self.params[n.join(path, name)]
+
+    def maybe(self, path: str, name: str) -> Tensor | None:
+        return self.params.get(n.join(path, name))
+
+
+def linear(node: n.Linear, path: str, x: Tensor, ctx: Context) -> Tensor:
+    return F.linear(x, ctx.get(path, "weight"), ctx.maybe(path, "bias") if node.bias else None)
+
+
+def layer_norm(node: n.LayerNorm, path: str, x: Tensor, ctx: Context) -> Tensor:
+    return F.layer_norm(x, (node.features,), ctx.get(path, "weight"), ctx.get(path, "bias"), node.eps)
+
+
+def dropout(x: Tensor, p: float, ctx: Context) -> Tensor:
+    return F.dropout(x, p, training=True) if ctx.training and p > 0 else x
+
+
+def embeddings(
+    node: n.Embeddings,
+    path: str,
+    input_ids: Tensor | None,
+    token_type_ids: Tensor,
+    position_ids: Tensor,
+    inputs_embeds: Tensor | None,
+    ctx: Context,
+) -> Tensor:
+    word = inputs_embeds
+    if word is None:
+        word = F.embedding(input_ids, ctx.get(n.join(path, node.word.path), "weight"))
+    if node.word_scale is not None:
+        word = word * node.word_scale
+    terms = {
+        "word": lambda: word,
+        "token_type": lambda: F.embedding(token_type_ids, ctx.get(n.join(path, node.token_type.path), "weight")),
+        "position": lambda: F.embedding(position_ids, ctx.get(n.join(path, node.position.path), "weight")),
+    }
+    out = terms[node.sum_order[0]]()
+    for name in node.sum_order[1:]:
+        out = out + terms[name]()
+    if node.dropout_before_norm:
+        return layer_norm(node.norm, n.join(path, node.norm.path), dropout(out, node.dropout, ctx), ctx)
+    return dropout(layer_norm(node.norm, n.join(path, node.norm.path), out, ctx), node.dropout, ctx)
+
+
+def mask_bias(node: n.Attention, mask: Tensor, query_len: int, dtype: torch.dtype) -> Tensor:
+    """Additive bias (B, 1, 1|Sq, Sk) from a (B, Sk) 0/1 mask: ``(1 - m) * fill`` as HF PyTorch."""
+    m = mask[:, None, None, :].to(dtype)  # (B, 1, 1, Sk)
+    if node.variant.causal:
+        key_len = mask.shape[-1]
+        past = key_len - query_len
+        rows = torch.arange(query_len, device=mask.device)[:, None] + past
+        causal = (torch.arange(key_len, device=mask.device)[None, :] <= rows).to(dtype)
+        m = m * causal[None, None]  # (B, 1, Sq, Sk)
+    fill = torch.finfo(dtype).min if node.mask_fill == "dtype_min" else node.mask_fill
+    return (1.0 - m) * fill
+
+
+def attention(
+    node: n.Attention, path: str, x: Tensor, mask: Tensor, head_mask: Tensor | None, ctx: Context
+) -> tuple[Tensor, Tensor | None]:
+    b, s, _ = x.shape
+    h, d = node.num_heads, node.head_dim
+
+    def heads(lin: n.Linear) -> Tensor:  # (B, S, H) -> (B, h, S, d)
+        return linear(lin, n.join(path, lin.path), x, ctx).view(b, s, h, d).transpose(1, 2)
+
+    q, k, v = heads(node.query), heads(node.key), heads(node.value)
+    bias = mask_bias(node, mask, s, q.dtype)
+    p_drop = node.dropout if ctx.training else 0.0
+    if not ctx.output_attentions and head_mask is None and node.returns == "probs":
+        # Fused kernel; equal to the eager path below up to float rounding.
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=1.0 / node.score_divisor)
+        probs = None
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2)) / node.score_divisor + bias  # (B, h, S, S)
+        probs = torch.softmax(scores, dim=-1)
+        probs = F.dropout(probs, p_drop, training=True) if p_drop > 0 else probs
+        if head_mask is not None:
+            probs = probs * head_mask
+        context = torch.matmul(probs, v)
+        if node.returns == "scores":
+            probs = scores
+    return context.transpose(1, 2).reshape(b, s, h * d), probs
+
+
+def add_norm(node: n.AddNorm, path: str, x: Tensor, residual: Tensor, ctx: Context) -> Tensor:
+    y = dropout(linear(node.dense, n.join(path, node.dense.path), x, ctx), node.dropout, ctx)
+    return layer_norm(node.norm, n.join(path, node.norm.path), y + residual, ctx)
+
+
+def transformer_layer(
+    node: n.TransformerLayer, path: str, x: Tensor, mask: Tensor, head_mask: Tensor | None, ctx: Context
+) -> tuple[Tensor, Tensor | None]:
+    block = node.attention
+    block_path = n.join(path, block.path)
+    context, probs = attention(block.attention, n.join(block_path, block.attention.path), x, mask, head_mask, ctx)
+    x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
+    inner = ACTIVATIONS[node.activation](linear(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
+    return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx), probs
+
+
+def encoder(
+    node: n.Encoder, path: str, x: Tensor, mask: Tensor, head_mask: Tensor | None, ctx: Context
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Returns the last hidden state, the recorded hidden states and the attention maps."""
+    if node.input_projection is not None:
+        x = linear(node.input_projection, n.join(path, node.input_projection.path), x, ctx)
+    hidden_states = [x] if ctx.output_hidden_states else []
+    attentions = []
+    for step, rows in zip(node.schedule, node.head_mask_index, strict=True):
+        for index, row in zip(step, rows, strict=True):
+            layer = node.layers[index]
+            x, probs = transformer_layer(
+                layer, n.join(path, layer.path), x, mask, None if head_mask is None else head_mask[row], ctx
+            )
+            if ctx.output_attentions:
+                attentions.append(probs)
+        if ctx.output_hidden_states:
+            hidden_states.append(x)
+    return x, hidden_states, attentions
+
+
+def pooler(node: n.Pooler, path: str, x: Tensor, ctx: Context) -> Tensor:
+    return ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), x[:, 0], ctx))
+
+
+def lm_head(node: n.LMHead, path: str, x: Tensor, ctx: Context) -> Tensor:
+    x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), x, ctx))
+    x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
+    decoder = node.decoder
+    weight = ctx.get(decoder.tied_to if decoder.tied_to is not None else n.join(path, decoder.path), "weight")
+    return F.linear(x, weight, ctx.get(path, "bias"))
+
+
+def dense_head(node: n.DenseHead, path: str, x: Tensor, ctx: Context) -> Tensor:
+    return linear(node.dense, n.join(path, node.dense.path), dropout(x, node.dropout, ctx), ctx)
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=ignore_index)
+
+
+def loss(term: n.Loss, outputs: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
+    if isinstance(term, n.CrossEntropyLoss):
+        return _cross_entropy(outputs[term.logits], labels[term.labels], term.ignore_index)
+    if isinstance(term, n.ClassificationLoss):
+        logits, target = outputs[term.logits], labels[term.labels]
+        problem = term.problem_type
+        if problem is None:
+            if term.num_labels == 1:
+                problem = "regression"
+            elif target.dtype in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "regression":
+            if term.num_labels == 1:
+                return F.mse_loss(logits.squeeze().float(), target.squeeze().to(torch.float32))
+            return F.mse_loss(logits.float(), target.to(torch.float32))
+        if problem == "single_label_classification":
+            return _cross_entropy(logits, target.long(), -100)
+        return F.binary_cross_entropy_with_logits(logits.float(), target.to(torch.float32))
+    if isinstance(term, n.SpanLoss):
+        start, end = outputs[term.start_logits], outputs[term.end_logits]
+        ignored = start.shape[1]
+        total = []
+        for logits, key in ((start, term.start_positions), (end, term.end_positions)):
+            positions = labels[key]
+            if positions.dim() > 1:
+                positions = positions.squeeze(-1)
+            total.append(_cross_entropy(logits, positions.clamp(0, ignored), ignored))
+        return (total[0] + total[1]) / 2
+    raise ValueError(f"unknown loss kind {term.kind!r}")

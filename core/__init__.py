@@ -1,0 +1,25 @@
+"""The spec layer: configs, the layer graph, family builders, parameter rules. No framework imports."""
+
+from .checkpoint import CheckpointError, LoadReport
+from .config import FamilyConfig
+from .families import FAMILIES, Family, build_graph, config_from_hf, family_of
+from .families.bert import BertConfig
+from .nodes import ModelGraph
+from .params import init_params, param_entries
+from .summary import summary
+
+__all__ = [
+    "FAMILIES",
+    "BertConfig",
+    "CheckpointError",
+    "Family",
+    "FamilyConfig",
+    "LoadReport",
+    "ModelGraph",
+    "build_graph",
+    "config_from_hf",
+    "family_of",
+    "init_params",
+    "param_entries",
+    "summary",
+]

@@ -1,0 +1,63 @@
+"""The family registry: model_type -> config class, builder, HF architecture names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import FamilyConfig, read_config_dict
+from ..nodes import ModelGraph
+from . import bert
+
+
+@dataclass(frozen=True)
+class Family:
+    """What tandem knows about a family: everything else comes from its graph."""
+
+    name: str
+    config_class: type[FamilyConfig]
+    build: Callable[[Any, str], ModelGraph]
+    architectures: dict[str, str]  # task -> HF PyTorch class name
+    base_prefix: str  # the prefix head models nest the base under
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.architectures)
+
+    def task_of(self, architecture: str) -> str | None:
+        """The task of an HF class name (PyTorch or Flax), or None when unknown."""
+        name = architecture.removeprefix("Flax")
+        for task, arch in self.architectures.items():
+            if arch == name:
+                return task
+        return None
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family("bert", bert.BertConfig, bert.build_bert, bert.ARCHITECTURES, "bert"),
+}
+
+
+def family_of(config: FamilyConfig) -> Family:
+    for family in FAMILIES.values():
+        if type(config) is family.config_class:
+            return family
+    raise TypeError(f"{type(config).__name__} is not a tandem family config ({', '.join(FAMILIES)})")
+
+
+def config_from_hf(path_or_dict: str | Path | dict[str, Any]) -> FamilyConfig:
+    """Read an HF ``config.json`` (a path, a checkpoint directory or a dict) into a family config."""
+    data = read_config_dict(path_or_dict)
+    model_type = data.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"config model_type={model_type!r} is not supported; tandem knows {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type].config_class.from_hf_dict(data)
+
+
+def build_graph(config: FamilyConfig, task: str = "base") -> ModelGraph:
+    """The layer graph of ``config`` for ``task``."""
+    return family_of(config).build(config, task)

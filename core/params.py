@@ -1,0 +1,149 @@
+"""Parameters of a graph: enumeration, HF-style initialisation and the torch <-> flax layout rules.
+
+The canonical form of a model's weights is a flat ``{HF PyTorch key: numpy array}`` dict (what a
+``model.safetensors`` holds). The flax form is the nested HF Flax params tree. Converting between them
+applies each node kind's declared :class:`~tandem.core.nodes.FlaxRule`; nothing is guessed from names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zlib
+
+import numpy as np
+
+from .nodes import LMHead, ModelGraph, Node, NormalInit, OnesInit, ParamSpec, join
+
+
+@dataclass(frozen=True)
+class ParamEntry:
+    """A parameter of the graph: its torch key, its flax path and the node that declares it."""
+
+    key: str
+    flax_path: tuple[str, ...]
+    spec: ParamSpec
+    node: Node
+
+    def to_flax(self, value: np.ndarray) -> np.ndarray:
+        rule = type(self.node).flax_rules.get(self.spec.name)
+        if rule is not None and rule.permutation is not None:
+            return np.ascontiguousarray(np.transpose(value, rule.permutation))
+        return value
+
+    def from_flax(self, value: np.ndarray) -> np.ndarray:
+        rule = type(self.node).flax_rules.get(self.spec.name)
+        if rule is not None and rule.permutation is not None:
+            return np.ascontiguousarray(np.transpose(value, np.argsort(rule.permutation)))
+        return value
+
+    @property
+    def flax_shape(self) -> tuple[int, ...]:
+        rule = type(self.node).flax_rules.get(self.spec.name)
+        if rule is not None and rule.permutation is not None:
+            return tuple(self.spec.shape[i] for i in rule.permutation)
+        return self.spec.shape
+
+
+def walk(node: Node, prefix: str = "") -> Iterator[tuple[str, Node]]:
+    """Yield ``(full path, node)`` for the node and all its descendants, depth first."""
+    path = join(prefix, node.path)
+    yield path, node
+    for child in node.children():
+        yield from walk(child, path)
+
+
+def param_entries(graph: Node) -> list[ParamEntry]:
+    """Every parameter of the graph once, in declaration order."""
+    entries = []
+    for path, node in walk(graph):
+        for spec in node.param_specs():
+            rule = type(node).flax_rules.get(spec.name)
+            flax_name = rule.name if rule is not None else spec.name
+            entries.append(
+                ParamEntry(
+                    key=join(path, spec.name),
+                    flax_path=(*path.split("."), flax_name) if path else (flax_name,),
+                    spec=spec,
+                    node=node,
+                )
+            )
+    return entries
+
+
+def torch_aliases(graph: ModelGraph) -> dict[str, str]:
+    """Extra torch state_dict keys that alias a canonical parameter (HF's tied decoder)."""
+    aliases = {}
+    for path, node in walk(graph):
+        if isinstance(node, LMHead):
+            decoder = join(path, node.decoder.path)
+            if node.decoder.tied_to is not None:
+                aliases[join(decoder, "weight")] = join(node.decoder.tied_to, "weight")
+            aliases[join(decoder, "bias")] = join(path, "bias")
+    return aliases
+
+
+def init_params(graph: Node, seed: int = 0, only: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Fresh float32 weights following each parameter's declared init (HF's scheme), from one seed.
+
+    Each parameter draws from its own generator (seeded by ``seed`` and its key), so a parameter's initial
+    value does not depend on which others are initialised with it.
+    """
+    out = {}
+    for entry in param_entries(graph):
+        if only is not None and entry.key not in only:
+            continue
+        spec = entry.spec
+        rng = np.random.default_rng([seed, zlib.crc32(entry.key.encode())])
+        if isinstance(spec.init, NormalInit):
+            value = rng.standard_normal(spec.shape, dtype=np.float32) * np.float32(spec.init.std)
+        elif isinstance(spec.init, OnesInit):
+            value = np.ones(spec.shape, np.float32)
+        else:
+            value = np.zeros(spec.shape, np.float32)
+        if spec.zero_row is not None:
+            value[spec.zero_row] = 0.0
+        out[entry.key] = value
+    return out
+
+
+def to_flax_tree(graph: Node, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Canonical (torch-layout) weights -> the nested HF Flax params tree."""
+    tree: dict[str, Any] = {}
+    for entry in param_entries(graph):
+        node = tree
+        for part in entry.flax_path[:-1]:
+            node = node.setdefault(part, {})
+        node[entry.flax_path[-1]] = entry.to_flax(np.asarray(state[entry.key]))
+    return tree
+
+
+def from_flax_tree(graph: Node, tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The nested HF Flax params tree -> canonical (torch-layout) weights."""
+    flat = flatten_tree(tree)
+    return {entry.key: entry.from_flax(np.asarray(flat[entry.flax_path])) for entry in param_entries(graph)}
+
+
+def flatten_tree(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_tree(value, (*prefix, str(key))))
+        else:
+            out[(*prefix, str(key))] = value
+    return out
+
+
+def count_params(graph: Node) -> int:
+    return sum(int(np.prod(e.spec.shape)) for e in param_entries(graph))
+
+
+def check_unique_keys(graph: Node) -> None:
+    """Raise if two parameters share a key (a builder bug), naming the key."""
+    seen: set[str] = set()
+    for entry in param_entries(graph):
+        if entry.key in seen:
+            raise ValueError(f"parameter {entry.key!r} is declared twice in the graph")
+        seen.add(entry.key)
