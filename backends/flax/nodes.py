@@ -1,0 +1,258 @@
+"""One JAX implementation per node kind, as functions over the nested HF Flax params tree.
+
+Numerics follow HF PyTorch: scores are divided after the Q.K product, LayerNorm uses a two-pass variance,
+masks are additive ``(1 - m) * fill``. Nothing here knows a model family.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ...core import nodes as n
+
+Array = jax.Array
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_tanh(x: Array) -> Array:
+    return 0.5 * x * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * jnp.power(x, 3.0))))
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+@dataclass
+class Context:
+    """Per-call state: the params tree, the compute dtype, the mode and the dropout key."""
+
+    params: Mapping[str, Any]
+    dtype: Any
+    deterministic: bool
+    output_attentions: bool
+    output_hidden_states: bool
+    dropout_rng: Array | None = None
+    _draws: int = field(default=0)
+
+    def get(self, path: str) -> Mapping[str, Array]:
+        """The params of the node at dotted ``path`` (flax names: kernel, embedding, scale, bias)."""
+        node = self.params
+        for part in path.split("."):
+            node = node[part]
+        return node
+
+    def next_key(self) -> Array:
+        self._draws += 1
+        return jax.random.fold_in(self.dropout_rng, self._draws)
+
+    def cast(self, x: Array) -> Array:
+        return x.astype(self.dtype)
+
+
+def linear(node: n.Linear, path: str, x: Array, ctx: Context) -> Array:
+    p = ctx.get(path)
+    y = jnp.matmul(x, ctx.cast(p["kernel"]))
+    return y + ctx.cast(p["bias"]) if node.bias else y
+
+
+def layer_norm(node: n.LayerNorm, path: str, x: Array, ctx: Context) -> Array:
+    """Two-pass variance in float32 (HF PyTorch's), output in the compute dtype."""
+    p = ctx.get(path)
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    centered = xf - mean
+    var = jnp.mean(centered * centered, axis=-1, keepdims=True)
+    y = centered * jax.lax.rsqrt(var + node.eps)
+    return ctx.cast(y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32))
+
+
+def dropout(x: Array, p: float, ctx: Context) -> Array:
+    if ctx.deterministic or p == 0.0:
+        return x
+    if ctx.dropout_rng is None:
+        raise ValueError("train=True needs a dropout_rng (a jax.random key)")
+    keep = jax.random.bernoulli(ctx.next_key(), 1.0 - p, x.shape)
+    return jnp.where(keep, x / (1.0 - p), jnp.zeros_like(x))
+
+
+def embeddings(
+    node: n.Embeddings,
+    path: str,
+    input_ids: Array | None,
+    token_type_ids: Array,
+    position_ids: Array,
+    inputs_embeds: Array | None,
+    ctx: Context,
+) -> Array:
+    def lookup(table: n.Embed, ids: Array) -> Array:
+        return ctx.cast(jnp.take(ctx.get(n.join(path, table.path))["embedding"], ids, axis=0))
+
+    word = ctx.cast(inputs_embeds) if inputs_embeds is not None else lookup(node.word, input_ids)
+    if node.word_scale is not None:
+        word = word * node.word_scale
+    terms = {
+        "word": lambda: word,
+        "token_type": lambda: lookup(node.token_type, token_type_ids),
+        "position": lambda: lookup(node.position, position_ids),
+    }
+    out = terms[node.sum_order[0]]()
+    for name in node.sum_order[1:]:
+        out = out + terms[name]()
+    norm_path = n.join(path, node.norm.path)
+    if node.dropout_before_norm:
+        return layer_norm(node.norm, norm_path, dropout(out, node.dropout, ctx), ctx)
+    return dropout(layer_norm(node.norm, norm_path, out, ctx), node.dropout, ctx)
+
+
+def mask_bias(node: n.Attention, mask: Array, query_len: int, dtype: Any) -> Array:
+    """Additive bias (B, 1, 1|Sq, Sk) from a (B, Sk) mask: ``(1 - m) * fill``, as HF PyTorch."""
+    m = mask[:, None, None, :].astype(dtype)
+    if node.variant.causal:
+        key_len = mask.shape[-1]
+        rows = jnp.arange(query_len)[:, None] + (key_len - query_len)
+        m = m * (jnp.arange(key_len)[None, :] <= rows).astype(dtype)[None, None]
+    fill = jnp.finfo(dtype).min if node.mask_fill == "dtype_min" else node.mask_fill
+    return (1.0 - m) * jnp.asarray(fill, dtype)
+
+
+def attention(
+    node: n.Attention, path: str, x: Array, mask: Array, head_mask: Array | None, ctx: Context
+) -> tuple[Array, Array | None]:
+    b, s, _ = x.shape
+    h, d = node.num_heads, node.head_dim
+
+    def heads(lin: n.Linear) -> Array:  # (B, S, H) -> (B, h, S, d)
+        return linear(lin, n.join(path, lin.path), x, ctx).reshape(b, s, h, d).transpose(0, 2, 1, 3)
+
+    q, k, v = heads(node.query), heads(node.key), heads(node.value)
+    scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.asarray(node.score_divisor, ctx.dtype)
+    scores = scores + mask_bias(node, mask, s, ctx.dtype)  # (B, h, S, S)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = dropout(probs, node.dropout, ctx)
+    if head_mask is not None:
+        probs = probs * head_mask
+    context = jnp.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, s, h * d)
+    if not ctx.output_attentions:
+        return context, None
+    return context, scores if node.returns == "scores" else probs
+
+
+def add_norm(node: n.AddNorm, path: str, x: Array, residual: Array, ctx: Context) -> Array:
+    y = dropout(linear(node.dense, n.join(path, node.dense.path), x, ctx), node.dropout, ctx)
+    return layer_norm(node.norm, n.join(path, node.norm.path), y + residual, ctx)
+
+
+def transformer_layer(
+    node: n.TransformerLayer, path: str, x: Array, mask: Array, head_mask: Array | None, ctx: Context
+) -> tuple[Array, Array | None]:
+    block = node.attention
+    block_path = n.join(path, block.path)
+    context, probs = attention(block.attention, n.join(block_path, block.attention.path), x, mask, head_mask, ctx)
+    x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
+    inner = ACTIVATIONS[node.activation](linear(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
+    return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx), probs
+
+
+def encoder(
+    node: n.Encoder, path: str, x: Array, mask: Array, head_mask: Array | None, ctx: Context
+) -> tuple[Array, list[Array], list[Array]]:
+    if node.input_projection is not None:
+        x = linear(node.input_projection, n.join(path, node.input_projection.path), x, ctx)
+    hidden_states = [x] if ctx.output_hidden_states else []
+    attentions = []
+    for step, rows in zip(node.schedule, node.head_mask_index, strict=True):
+        for index, row in zip(step, rows, strict=True):
+            layer = node.layers[index]
+            x, probs = transformer_layer(
+                layer, n.join(path, layer.path), x, mask, None if head_mask is None else head_mask[row], ctx
+            )
+            if ctx.output_attentions:
+                attentions.append(probs)
+        if ctx.output_hidden_states:
+            hidden_states.append(x)
+    return x, hidden_states, attentions
+
+
+def pooler(node: n.Pooler, path: str, x: Array, ctx: Context) -> Array:
+    return ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), x[:, 0], ctx))
+
+
+def lm_head(node: n.LMHead, path: str, x: Array, ctx: Context) -> Array:
+    x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), x, ctx))
+    x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
+    decoder = node.decoder
+    if decoder.tied_to is not None:
+        kernel = ctx.get(decoder.tied_to)["embedding"].T  # (H, V)
+    else:
+        kernel = ctx.get(n.join(path, decoder.path))["kernel"]
+    return jnp.matmul(x, ctx.cast(kernel)) + ctx.cast(ctx.get(path)["bias"])
+
+
+def dense_head(node: n.DenseHead, path: str, x: Array, ctx: Context) -> Array:
+    return linear(node.dense, n.join(path, node.dense.path), dropout(x, node.dropout, ctx), ctx)
+
+
+def _cross_entropy(logits: Array, labels: Array, ignore_index: int) -> Array:
+    """Mean cross-entropy over labels != ignore_index (NaN when all are ignored, as torch)."""
+    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    labels = labels.reshape(-1)
+    valid = labels != ignore_index
+    safe = jnp.where(valid, labels, 0)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
+
+
+def loss(term: n.Loss, outputs: Mapping[str, Array], labels: Mapping[str, Array]) -> Array:
+    if isinstance(term, n.CrossEntropyLoss):
+        return _cross_entropy(outputs[term.logits], labels[term.labels], term.ignore_index)
+    if isinstance(term, n.ClassificationLoss):
+        logits, target = outputs[term.logits].astype(jnp.float32), labels[term.labels]
+        problem = term.problem_type
+        if problem is None:
+            if term.num_labels == 1:
+                problem = "regression"
+            elif jnp.issubdtype(target.dtype, jnp.integer):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "regression":
+            target = target.astype(jnp.float32)
+            if term.num_labels == 1:
+                return jnp.mean((jnp.squeeze(logits) - jnp.squeeze(target)) ** 2)
+            return jnp.mean((logits - target) ** 2)
+        if problem == "single_label_classification":
+            return _cross_entropy(logits, target.astype(jnp.int32), -100)
+        target = target.astype(jnp.float32)
+        # BCE-with-logits in the stable form torch uses: max(x, 0) - x*y + log(1 + exp(-|x|)).
+        return jnp.mean(jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+    if isinstance(term, n.SpanLoss):
+        start, end = outputs[term.start_logits], outputs[term.end_logits]
+        ignored = start.shape[1]
+        total = []
+        for logits, key in ((start, term.start_positions), (end, term.end_positions)):
+            positions = labels[key]
+            if positions.ndim > 1:
+                positions = jnp.squeeze(positions, -1)
+            total.append(_cross_entropy(logits, jnp.clip(positions, 0, ignored), ignored))
+        return (total[0] + total[1]) / 2
+    raise ValueError(f"unknown loss kind {term.kind!r}")
