@@ -129,9 +129,7 @@ def match_weights(
             continue
         value = np.asarray(weights[ckpt[neutral]])
         if tuple(value.shape) != entry.spec.shape:
-            report.mismatched.append(
-                f"{entry.key}: expected {entry.spec.shape}, checkpoint has {tuple(value.shape)}"
-            )
+            report.mismatched.append(f"{entry.key}: expected {entry.spec.shape}, checkpoint has {tuple(value.shape)}")
             continue
         out[entry.key] = value
     for neutral, key in ckpt.items():
@@ -144,7 +142,9 @@ def match_weights(
     if missing:
         problems.append("missing from the checkpoint:\n  " + "\n  ".join(missing))
     if unexpected:
-        problems.append(f"unexpected in the checkpoint (not part of {graph.family} {graph.task}):\n  " + "\n  ".join(unexpected))
+        problems.append(
+            f"unexpected in the checkpoint (not part of {graph.family} {graph.task}):\n  " + "\n  ".join(unexpected)
+        )
     if problems and strict:
         raise CheckpointError("checkpoint does not fit the model: " + "\n".join(problems))
     report.initialised += missing + [m.split(":")[0] for m in report.mismatched]
@@ -178,9 +178,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def save_checkpoint(
-    directory: str | Path, config: FamilyConfig, task: str, weights: Mapping[str, np.ndarray]
-) -> None:
+def save_checkpoint(directory: str | Path, config: FamilyConfig, task: str, weights: Mapping[str, np.ndarray]) -> None:
     """Write ``config.json`` (with ``architectures``) and ``model.safetensors`` atomically."""
     from safetensors.numpy import save_file
 

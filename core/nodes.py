@@ -10,7 +10,7 @@ never see a family or a config.
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,7 +71,7 @@ class OnesInit(_Frozen):
     kind: Literal["ones"] = "ones"
 
 
-Init = Annotated[Union[NormalInit, ZerosInit, OnesInit], Field(discriminator="kind")]
+Init = Annotated[NormalInit | ZerosInit | OnesInit, Field(discriminator="kind")]
 
 
 class ParamSpec(_Frozen):
@@ -203,7 +203,7 @@ class FullAttention(_Frozen):
     causal: bool = False
 
 
-AttentionVariant = Annotated[Union[FullAttention], Field(discriminator="kind")]
+AttentionVariant = Annotated[FullAttention, Field(discriminator="kind")]
 
 
 class Attention(Node):
@@ -323,9 +323,7 @@ class LMHead(Node):
     output: str
 
     def param_specs(self) -> list[ParamSpec]:
-        return [
-            ParamSpec(name="bias", shape=(self.decoder.vocab_size,), axes=("vocab",), init=ZerosInit())
-        ]
+        return [ParamSpec(name="bias", shape=(self.decoder.vocab_size,), axes=("vocab",), init=ZerosInit())]
 
 
 class DenseHead(Node):
@@ -339,7 +337,7 @@ class DenseHead(Node):
     split: tuple[str, ...] | None = None
 
 
-Head = Annotated[Union[LMHead, DenseHead], Field(discriminator="kind")]
+Head = Annotated[LMHead | DenseHead, Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -372,7 +370,7 @@ class SpanLoss(_Frozen):
     end_positions: str = "end_positions"
 
 
-Loss = Annotated[Union[CrossEntropyLoss, ClassificationLoss, SpanLoss], Field(discriminator="kind")]
+Loss = Annotated[CrossEntropyLoss | ClassificationLoss | SpanLoss, Field(discriminator="kind")]
 
 
 def loss_labels(loss: Loss) -> tuple[str, ...]:

@@ -7,11 +7,10 @@ applies each node kind's declared :class:`~tandem.core.nodes.FlaxRule`; nothing 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import zlib
 
 import numpy as np
 

@@ -48,7 +48,9 @@ def _init_subtree(key: Array, entries: list[ParamEntry]) -> dict[str, Any]:
     return tree
 
 
-def run_graph(graph: n.ModelGraph, ctx: ops.Context, inputs: Mapping[str, Array | None], head_mask: Array | None) -> dict[str, Any]:
+def run_graph(
+    graph: n.ModelGraph, ctx: ops.Context, inputs: Mapping[str, Array | None], head_mask: Array | None
+) -> dict[str, Any]:
     """The forward pass of a whole graph: backbone, heads, exposed outputs (no loss)."""
     backbone = graph.backbone
     ids, embeds = inputs["input_ids"], inputs["inputs_embeds"]

@@ -91,11 +91,11 @@ class TorchModel(nn.Module):
         if graph.multiple_choice:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             if reference.dim() != 3:
-                raise ValueError(f"multiple_choice inputs must be (batch, choices, length), got {tuple(reference.shape)}")
+                raise ValueError(
+                    f"multiple_choice inputs must be (batch, choices, length), got {tuple(reference.shape)}"
+                )
             num_choices = reference.shape[1]
-            inputs = {
-                k: None if v is None else v.reshape(-1, *v.shape[2:]) for k, v in inputs.items()
-            }
+            inputs = {k: None if v is None else v.reshape(-1, *v.shape[2:]) for k, v in inputs.items()}
         ctx = ops.Context(
             params=dict(self.named_parameters(remove_duplicate=False)),
             training=self.training,
@@ -115,7 +115,7 @@ class TorchModel(nn.Module):
         graph = self.graph
         backbone = graph.backbone
         ids, embeds = inputs["input_ids"], inputs["inputs_embeds"]
-        batch, length = (ids.shape if ids is not None else embeds.shape[:2])
+        batch, length = ids.shape if ids is not None else embeds.shape[:2]
         device = ids.device if ids is not None else embeds.device
         mask = inputs["attention_mask"]
         if mask is None:

@@ -122,7 +122,9 @@ def attention(
     p_drop = node.dropout if ctx.training else 0.0
     if not ctx.output_attentions and head_mask is None and node.returns == "probs":
         # Fused kernel; equal to the eager path below up to float rounding.
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=1.0 / node.score_divisor)
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=p_drop, scale=1.0 / node.score_divisor
+        )
         probs = None
     else:
         scores = torch.matmul(q, k.transpose(-1, -2)) / node.score_divisor + bias  # (B, h, S, S)

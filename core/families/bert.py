@@ -29,8 +29,8 @@ from ..nodes import (
     Pooler,
     SpanLoss,
     TransformerLayer,
-    score_divisor,
     join,
+    score_divisor,
 )
 
 
@@ -218,7 +218,11 @@ def build_bert(config: BertConfig, task: str) -> ModelGraph:
         heads = [_lm_head(config, prefix, "logits")]
         losses = [CrossEntropyLoss(logits="logits", labels="labels")]
     elif task == "next_sentence_prediction":
-        heads = [DenseHead(source="pooled", dropout=0.0, dense=_linear(config, "cls.seq_relationship", h, 2), output="logits")]
+        heads = [
+            DenseHead(
+                source="pooled", dropout=0.0, dense=_linear(config, "cls.seq_relationship", h, 2), output="logits"
+            )
+        ]
         losses = [CrossEntropyLoss(logits="logits", labels="labels")]
     elif task == "sequence_classification":
         heads = [
@@ -235,7 +239,11 @@ def build_bert(config: BertConfig, task: str) -> ModelGraph:
             )
         ]
     elif task == "multiple_choice":
-        heads = [DenseHead(source="pooled", dropout=classifier_dropout, dense=_linear(config, "classifier", h, 1), output="logits")]
+        heads = [
+            DenseHead(
+                source="pooled", dropout=classifier_dropout, dense=_linear(config, "classifier", h, 1), output="logits"
+            )
+        ]
         losses = [CrossEntropyLoss(logits="logits", labels="labels")]
     elif task == "token_classification":
         heads = [
