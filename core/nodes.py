@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Activations implemented identically in both backends (the union of HF's torch and flax ACT2FN tables
 # that BERT-family checkpoints use). Each name is one explicit formula; see docs/architecture.md.
@@ -141,6 +141,49 @@ class Linear(Node):
         return specs
 
 
+class GroupedConv1x1(Node):
+    """A grouped 1x1 convolution over channels: a block-diagonal linear map applied per position.
+
+    Output channel ``o`` belongs to group ``g = o // (out/groups)`` and reads input channels
+    ``[g*in/groups, (g+1)*in/groups)``. Torch layout: ``Conv1d.weight`` (out, in/groups, 1); flax layout:
+    an NWC conv kernel (1, in/groups, out). Data stays channels-last in both backends (a transpose does not
+    change values), so this node is a drop-in for :class:`Linear`.
+    """
+
+    kind: Literal["conv1x1"] = "conv1x1"
+    in_features: int
+    out_features: int
+    groups: int = 1
+    bias: bool = True
+    init_std: float = 0.02
+
+    flax_rules: ClassVar[dict[str, FlaxRule]] = {"weight": FlaxRule(name="kernel", permutation=(2, 1, 0))}
+
+    @model_validator(mode="after")
+    def _divisible(self) -> GroupedConv1x1:
+        for name in ("in_features", "out_features"):
+            if getattr(self, name) % self.groups:
+                raise ValueError(f"{name}={getattr(self, name)} is not divisible by groups={self.groups}")
+        return self
+
+    def param_specs(self) -> list[ParamSpec]:
+        specs = [
+            ParamSpec(
+                name="weight",
+                shape=(self.out_features, self.in_features // self.groups, 1),
+                axes=("out", "in_per_group", "width"),
+                init=NormalInit(std=self.init_std),
+            )
+        ]
+        if self.bias:
+            specs.append(ParamSpec(name="bias", shape=(self.out_features,), axes=("out",), init=ZerosInit()))
+        return specs
+
+
+# A position-wise projection: dense, or grouped 1x1 convolution (SqueezeBERT-style).
+Projection = Annotated[Linear | GroupedConv1x1, Field(discriminator="kind")]
+
+
 class Embed(Node):
     """A lookup table (num_embeddings, features); flax calls it ``embedding``."""
 
@@ -215,23 +258,24 @@ class Attention(Node):
     """
 
     kind: Literal["attention"] = "attention"
-    query: Linear
-    key: Linear
-    value: Linear
+    query: Projection
+    key: Projection
+    value: Projection
     num_heads: int
     head_dim: int
     score_divisor: float
     dropout: float
     mask_fill: Literal["dtype_min"] | float = "dtype_min"
     variant: AttentionVariant = FullAttention()
-    returns: Literal["probs", "scores"] = "probs"  # what output_attentions reports
+    returns: Literal["probs", "scores"] = "probs"  # what output_attentions reports: softmax or masked scores
+    supports_head_mask: bool = True
 
 
 class AddNorm(Node):
     """``norm(dropout(dense(x)) + residual)``: the post-LN residual block."""
 
     kind: Literal["add_norm"] = "add_norm"
-    dense: Linear
+    dense: Projection
     dropout: float
     norm: LayerNorm
 
@@ -247,7 +291,7 @@ class TransformerLayer(Node):
 
     kind: Literal["layer"] = "layer"
     attention: AttentionBlock
-    intermediate: Linear
+    intermediate: Projection
     activation: Activation
     output: AddNorm
 

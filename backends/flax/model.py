@@ -286,6 +286,9 @@ def _head_mask(head_mask: Array | None, encoder: n.Encoder, dtype: Any) -> Array
     """HF PyTorch's ``get_head_mask``: (heads,) or (rows, heads) -> (rows, 1, heads, 1, 1), float."""
     if head_mask is None:
         return None
+    unsupported = [layer.path for layer in encoder.layers if not layer.attention.attention.supports_head_mask]
+    if unsupported:
+        raise ValueError(f"head_mask is not supported by this model (layers {', '.join(unsupported)}); pass None")
     heads = encoder.layers[0].attention.attention.num_heads
     rows = encoder.num_head_mask_rows
     if head_mask.ndim == 1:

@@ -74,6 +74,26 @@ def linear(node: n.Linear, path: str, x: Array, ctx: Context) -> Array:
     return y + ctx.cast(p["bias"]) if node.bias else y
 
 
+def conv1x1(node: n.GroupedConv1x1, path: str, x: Array, ctx: Context) -> Array:
+    """Grouped 1x1 convolution on channels-last data: a block-diagonal matmul per position."""
+    p = ctx.get(path)
+    kernel = ctx.cast(p["kernel"][0])  # (in/groups, out)
+    g = node.groups
+    if g == 1:
+        y = jnp.matmul(x, kernel)
+    else:
+        xg = x.reshape(*x.shape[:-1], g, node.in_features // g)  # (..., g, in/g)
+        kg = kernel.reshape(node.in_features // g, g, node.out_features // g).transpose(1, 0, 2)  # (g, in/g, out/g)
+        y = jnp.einsum("...gi,gio->...go", xg, kg).reshape(*x.shape[:-1], node.out_features)
+    return y + ctx.cast(p["bias"]) if node.bias else y
+
+
+def project(node: n.Linear | n.GroupedConv1x1, path: str, x: Array, ctx: Context) -> Array:
+    if isinstance(node, n.GroupedConv1x1):
+        return conv1x1(node, path, x, ctx)
+    return linear(node, path, x, ctx)
+
+
 def layer_norm(node: n.LayerNorm, path: str, x: Array, ctx: Context) -> Array:
     """Two-pass variance in float32 (HF PyTorch's), output in the compute dtype."""
     p = ctx.get(path)
@@ -140,8 +160,8 @@ def attention(
     b, s, _ = x.shape
     h, d = node.num_heads, node.head_dim
 
-    def heads(lin: n.Linear) -> Array:  # (B, S, H) -> (B, h, S, d)
-        return linear(lin, n.join(path, lin.path), x, ctx).reshape(b, s, h, d).transpose(0, 2, 1, 3)
+    def heads(proj: n.Linear | n.GroupedConv1x1) -> Array:  # (B, S, H) -> (B, h, S, d)
+        return project(proj, n.join(path, proj.path), x, ctx).reshape(b, s, h, d).transpose(0, 2, 1, 3)
 
     q, k, v = heads(node.query), heads(node.key), heads(node.value)
     scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.asarray(node.score_divisor, ctx.dtype)
@@ -157,7 +177,7 @@ def attention(
 
 
 def add_norm(node: n.AddNorm, path: str, x: Array, residual: Array, ctx: Context) -> Array:
-    y = dropout(linear(node.dense, n.join(path, node.dense.path), x, ctx), node.dropout, ctx)
+    y = dropout(project(node.dense, n.join(path, node.dense.path), x, ctx), node.dropout, ctx)
     return layer_norm(node.norm, n.join(path, node.norm.path), y + residual, ctx)
 
 
@@ -168,7 +188,7 @@ def transformer_layer(
     block_path = n.join(path, block.path)
     context, probs = attention(block.attention, n.join(block_path, block.attention.path), x, mask, head_mask, ctx)
     x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
-    inner = ACTIVATIONS[node.activation](linear(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
+    inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
     return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx), probs
 
 

@@ -164,6 +164,9 @@ def _head_mask(head_mask: Tensor | None, encoder: n.Encoder, dtype: torch.dtype)
     """HF's ``get_head_mask``: (heads,) or (rows, heads) -> (rows, 1, heads, 1, 1) in the param dtype."""
     if head_mask is None:
         return None
+    unsupported = [layer.path for layer in encoder.layers if not layer.attention.attention.supports_head_mask]
+    if unsupported:
+        raise ValueError(f"head_mask is not supported by this model (layers {', '.join(unsupported)}); pass None")
     heads = encoder.layers[0].attention.attention.num_heads
     rows = encoder.num_head_mask_rows
     if head_mask.dim() == 1:

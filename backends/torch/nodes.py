@@ -60,6 +60,25 @@ def linear(node: n.Linear, path: str, x: Tensor, ctx: Context) -> Tensor:
     return F.linear(x, ctx.get(path, "weight"), ctx.maybe(path, "bias") if node.bias else None)
 
 
+def conv1x1(node: n.GroupedConv1x1, path: str, x: Tensor, ctx: Context) -> Tensor:
+    """Grouped 1x1 convolution on channels-last data: a block-diagonal matmul per position."""
+    weight = ctx.get(path, "weight")[:, :, 0]  # (out, in/groups)
+    bias = ctx.get(path, "bias") if node.bias else None
+    if node.groups == 1:
+        return F.linear(x, weight, bias)
+    g = node.groups
+    xg = x.reshape(*x.shape[:-1], g, node.in_features // g)  # (..., g, in/g)
+    wg = weight.reshape(g, node.out_features // g, node.in_features // g)  # (g, out/g, in/g)
+    y = torch.einsum("...gi,goi->...go", xg, wg).reshape(*x.shape[:-1], node.out_features)
+    return y if bias is None else y + bias
+
+
+def project(node: n.Linear | n.GroupedConv1x1, path: str, x: Tensor, ctx: Context) -> Tensor:
+    if isinstance(node, n.GroupedConv1x1):
+        return conv1x1(node, path, x, ctx)
+    return linear(node, path, x, ctx)
+
+
 def layer_norm(node: n.LayerNorm, path: str, x: Tensor, ctx: Context) -> Tensor:
     return F.layer_norm(x, (node.features,), ctx.get(path, "weight"), ctx.get(path, "bias"), node.eps)
 
@@ -114,8 +133,8 @@ def attention(
     b, s, _ = x.shape
     h, d = node.num_heads, node.head_dim
 
-    def heads(lin: n.Linear) -> Tensor:  # (B, S, H) -> (B, h, S, d)
-        return linear(lin, n.join(path, lin.path), x, ctx).view(b, s, h, d).transpose(1, 2)
+    def heads(proj: n.Linear | n.GroupedConv1x1) -> Tensor:  # (B, S, H) -> (B, h, S, d)
+        return project(proj, n.join(path, proj.path), x, ctx).view(b, s, h, d).transpose(1, 2)
 
     q, k, v = heads(node.query), heads(node.key), heads(node.value)
     bias = mask_bias(node, mask, s, q.dtype)
@@ -139,7 +158,7 @@ def attention(
 
 
 def add_norm(node: n.AddNorm, path: str, x: Tensor, residual: Tensor, ctx: Context) -> Tensor:
-    y = dropout(linear(node.dense, n.join(path, node.dense.path), x, ctx), node.dropout, ctx)
+    y = dropout(project(node.dense, n.join(path, node.dense.path), x, ctx), node.dropout, ctx)
     return layer_norm(node.norm, n.join(path, node.norm.path), y + residual, ctx)
 
 
@@ -150,7 +169,7 @@ def transformer_layer(
     block_path = n.join(path, block.path)
     context, probs = attention(block.attention, n.join(block_path, block.attention.path), x, mask, head_mask, ctx)
     x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
-    inner = ACTIVATIONS[node.activation](linear(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
+    inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
     return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx), probs
 
 
