@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -195,21 +195,78 @@ def transformer_layer(
 def encoder(
     node: n.Encoder, path: str, x: Array, mask: Array, head_mask: Array | None, ctx: Context
 ) -> tuple[Array, list[Array], list[Array]]:
+    """Run the schedule. Consecutive steps that run the same layers (shared parameters) are one
+    ``jax.lax.scan``, so compile time does not grow with the number of repeats."""
     if node.input_projection is not None:
         x = linear(node.input_projection, n.join(path, node.input_projection.path), x, ctx)
     hidden_states = [x] if ctx.output_hidden_states else []
-    attentions = []
-    for step, rows in zip(node.schedule, node.head_mask_index, strict=True):
-        for index, row in zip(step, rows, strict=True):
-            layer = node.layers[index]
-            x, probs = transformer_layer(
-                layer, n.join(path, layer.path), x, mask, None if head_mask is None else head_mask[row], ctx
+    attentions: list[Array] = []
+    steps = list(zip(node.schedule, node.head_mask_index, strict=True))
+    start = 0
+    while start < len(steps):
+        stop = start + 1
+        while stop < len(steps) and steps[stop][0] == steps[start][0]:
+            stop += 1
+        if stop - start == 1:
+            layers, rows = steps[start]
+            x, probs = _step(
+                node, path, layers, x, mask, None if head_mask is None else head_mask[jnp.asarray(rows)], ctx
             )
-            if ctx.output_attentions:
-                attentions.append(probs)
+            states = [x]
+            runs = [probs]
+        else:
+            x, states, runs = _scan_steps(node, path, steps[start:stop], x, mask, head_mask, ctx)
         if ctx.output_hidden_states:
-            hidden_states.append(x)
+            hidden_states.extend(states)
+        if ctx.output_attentions:
+            attentions.extend(p for probs in runs for p in probs)
+        start = stop
     return x, hidden_states, attentions
+
+
+def _step(
+    node: n.Encoder,
+    path: str,
+    layers: tuple[int, ...],
+    x: Array,
+    mask: Array,
+    head_mask_rows: Array | None,
+    ctx: Context,
+) -> tuple[Array, list[Array | None]]:
+    probs = []
+    for k, index in enumerate(layers):
+        layer = node.layers[index]
+        row = None if head_mask_rows is None else head_mask_rows[k]
+        x, p = transformer_layer(layer, n.join(path, layer.path), x, mask, row, ctx)
+        probs.append(p)
+    return x, probs
+
+
+def _scan_steps(
+    node: n.Encoder,
+    path: str,
+    steps: list[tuple[tuple[int, ...], tuple[int, ...]]],
+    x: Array,
+    mask: Array,
+    head_mask: Array | None,
+    ctx: Context,
+) -> tuple[Array, list[Array], list[list[Array]]]:
+    layers = steps[0][0]
+    rows = None if head_mask is None else head_mask[jnp.asarray([r for _, r in steps])]  # (n, inner, 1, h, 1, 1)
+    run_key = None if ctx.deterministic else ctx.next_key()
+
+    def body(carry: Array, xs: tuple[Array, Array | None]) -> tuple[Array, tuple[Array | None, tuple | None]]:
+        index, step_rows = xs
+        key = None if run_key is None else jax.random.fold_in(run_key, index)
+        sub = replace(ctx, dropout_rng=key, _draws=0)
+        out, probs = _step(node, path, layers, carry, mask, step_rows, sub)
+        return out, (out if ctx.output_hidden_states else None, tuple(probs) if ctx.output_attentions else None)
+
+    x, (states, probs) = jax.lax.scan(body, x, (jnp.arange(len(steps)), rows))
+    n_steps = len(steps)
+    state_list = [states[i] for i in range(n_steps)] if states is not None else []
+    prob_lists = [[p[i] for p in probs] for i in range(n_steps)] if probs is not None else []
+    return x, state_list, prob_lists
 
 
 def pooler(node: n.Pooler, path: str, x: Array, ctx: Context) -> Array:
