@@ -9,6 +9,7 @@ Example:
 
 from .backends.api import build, from_pretrained, save_pretrained
 from .core import (
+    AlbertConfig,
     BertConfig,
     CheckpointError,
     FamilyConfig,
@@ -22,6 +23,7 @@ from .core.outputs import ModelOutput
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlbertConfig",
     "BertConfig",
     "CheckpointError",
     "FamilyConfig",

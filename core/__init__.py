@@ -3,6 +3,7 @@
 from .checkpoint import CheckpointError, LoadReport
 from .config import FamilyConfig
 from .families import FAMILIES, Family, build_graph, config_from_hf, family_of
+from .families.albert import AlbertConfig
 from .families.bert import BertConfig
 from .nodes import ModelGraph
 from .params import init_params, param_entries
@@ -10,6 +11,7 @@ from .summary import summary
 
 __all__ = [
     "FAMILIES",
+    "AlbertConfig",
     "BertConfig",
     "CheckpointError",
     "Family",

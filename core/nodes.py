@@ -301,15 +301,16 @@ class Encoder(Node):
 
     ``schedule[s]`` lists the layers (indices into ``layers``) run at step ``s``; hidden states are
     recorded after each step and attentions after each layer run. ``head_mask_index[s][j]`` is the row of
-    a ``(num_head_mask_rows, heads)`` head mask applied to the j-th layer run of step s. A layer referenced
-    by several steps shares its parameters (sharing by identity).
+    a ``(num_head_mask_rows, heads)`` head mask applied to the j-th layer run of step s (None: that run has
+    no row, so a head mask cannot be given). A layer referenced by several steps shares its parameters
+    (sharing by identity).
     """
 
     kind: Literal["encoder"] = "encoder"
     input_projection: Linear | None = None  # factorised embeddings: E -> H before the first layer
     layers: list[TransformerLayer]
     schedule: list[tuple[int, ...]]
-    head_mask_index: list[tuple[int, ...]]
+    head_mask_index: list[tuple[int | None, ...]]
     num_head_mask_rows: int
 
 

@@ -10,6 +10,7 @@ FIELDS = (
     "logits",
     "prediction_logits",
     "seq_relationship_logits",
+    "sop_logits",
     "start_logits",
     "end_logits",
     "last_hidden_state",

@@ -167,6 +167,8 @@ def _head_mask(head_mask: Tensor | None, encoder: n.Encoder, dtype: torch.dtype)
     unsupported = [layer.path for layer in encoder.layers if not layer.attention.attention.supports_head_mask]
     if unsupported:
         raise ValueError(f"head_mask is not supported by this model (layers {', '.join(unsupported)}); pass None")
+    if any(row is None for rows in encoder.head_mask_index for row in rows):
+        raise ValueError("head_mask is not supported for this configuration: some layer runs have no head-mask row")
     heads = encoder.layers[0].attention.attention.num_heads
     rows = encoder.num_head_mask_rows
     if head_mask.dim() == 1:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import FamilyConfig, read_config_dict
 from ..nodes import ModelGraph
-from . import bert
+from . import albert, bert
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "bert": Family("bert", bert.BertConfig, bert.build_bert, bert.ARCHITECTURES, "bert"),
+    "albert": Family("albert", albert.AlbertConfig, albert.build_albert, albert.ARCHITECTURES, "albert"),
 }
 
 

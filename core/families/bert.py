@@ -12,26 +12,21 @@ from ..nodes import (
     Attention,
     AttentionBlock,
     Backbone,
-    ClassificationLoss,
     CrossEntropyLoss,
     DenseHead,
-    Embed,
-    Embeddings,
     Encoder,
     FullAttention,
     Head,
     LayerNorm,
-    Linear,
-    LMDecoder,
     LMHead,
     Loss,
     ModelGraph,
     Pooler,
-    SpanLoss,
     TransformerLayer,
     join,
     score_divisor,
 )
+from .common import embeddings, linear, lm_head, shared_task_head
 
 
 class BertConfig(FamilyConfig):
@@ -86,21 +81,13 @@ ARCHITECTURES = {
 _POOLED_TASKS = {"base", "pretraining", "next_sentence_prediction", "sequence_classification", "multiple_choice"}
 
 
-def _linear(config: BertConfig, path: str, n_in: int, n_out: int) -> Linear:
-    return Linear(path=path, in_features=n_in, out_features=n_out, init_std=config.initializer_range)
-
-
-def _layer_norm(config: BertConfig, path: str) -> LayerNorm:
-    return LayerNorm(path=path, features=config.hidden_size, eps=config.layer_norm_eps)
-
-
 def _layer(config: BertConfig, index: int) -> TransformerLayer:
-    h, i = config.hidden_size, config.intermediate_size
+    h, i, std, eps = config.hidden_size, config.intermediate_size, config.initializer_range, config.layer_norm_eps
     attention = Attention(
         path="self",
-        query=_linear(config, "query", h, h),
-        key=_linear(config, "key", h, h),
-        value=_linear(config, "value", h, h),
+        query=linear("query", h, h, std),
+        key=linear("key", h, h, std),
+        value=linear("value", h, h, std),
         num_heads=config.num_attention_heads,
         head_dim=config.head_dim,
         score_divisor=score_divisor(config.head_dim),
@@ -115,46 +102,35 @@ def _layer(config: BertConfig, index: int) -> TransformerLayer:
             attention=attention,
             output=AddNorm(
                 path="output",
-                dense=_linear(config, "dense", h, h),
+                dense=linear("dense", h, h, std),
                 dropout=config.hidden_dropout_prob,
-                norm=_layer_norm(config, "LayerNorm"),
+                norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
             ),
         ),
-        intermediate=_linear(config, "intermediate.dense", h, i),
+        intermediate=linear("intermediate.dense", h, i, std),
         activation=config.hidden_act,
         output=AddNorm(
             path="output",
-            dense=_linear(config, "dense", i, h),
+            dense=linear("dense", i, h, std),
             dropout=config.hidden_dropout_prob,
-            norm=_layer_norm(config, "LayerNorm"),
+            norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
         ),
     )
 
 
 def _backbone(config: BertConfig, prefix: str, pooled: bool) -> Backbone:
-    h = config.hidden_size
-    std = config.initializer_range
-    layers = config.num_hidden_layers
+    h, std, layers = config.hidden_size, config.initializer_range, config.num_hidden_layers
     return Backbone(
         path=prefix,
-        embeddings=Embeddings(
-            path="embeddings",
-            word=Embed(
-                path="word_embeddings",
-                num_embeddings=config.vocab_size,
-                features=h,
-                init_std=std,
-                padding_idx=config.pad_token_id,
-            ),
-            position=Embed(
-                path="position_embeddings", num_embeddings=config.max_position_embeddings, features=h, init_std=std
-            ),
-            token_type=Embed(
-                path="token_type_embeddings", num_embeddings=config.type_vocab_size, features=h, init_std=std
-            ),
-            norm=_layer_norm(config, "LayerNorm"),
+        embeddings=embeddings(
+            vocab_size=config.vocab_size,
+            max_positions=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            features=h,
+            pad_token_id=config.pad_token_id,
+            eps=config.layer_norm_eps,
             dropout=config.hidden_dropout_prob,
-            sum_order=("word", "token_type", "position"),
+            std=std,
         ),
         encoder=Encoder(
             path="encoder",
@@ -163,25 +139,22 @@ def _backbone(config: BertConfig, prefix: str, pooled: bool) -> Backbone:
             head_mask_index=[(i,) for i in range(layers)],
             num_head_mask_rows=layers,
         ),
-        pooler=Pooler(path="pooler", dense=_linear(config, "dense", h, h), activation="tanh") if pooled else None,
+        pooler=Pooler(path="pooler", dense=linear("dense", h, h, std), activation="tanh") if pooled else None,
     )
 
 
 def _lm_head(config: BertConfig, prefix: str, output: str) -> LMHead:
-    h = config.hidden_size
-    tied = join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None
-    return LMHead(
+    return lm_head(
         path="cls.predictions",
-        transform=_linear(config, "transform.dense", h, h),
+        transform_path="transform.dense",
+        norm_path="transform.LayerNorm",
+        hidden=config.hidden_size,
+        features=config.hidden_size,
+        vocab_size=config.vocab_size,
         activation=config.hidden_act,
-        norm=_layer_norm(config, "transform.LayerNorm"),
-        decoder=LMDecoder(
-            path="decoder",
-            in_features=h,
-            vocab_size=config.vocab_size,
-            tied_to=tied,
-            init_std=config.initializer_range,
-        ),
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
+        tied_to=join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None,
         output=output,
     )
 
@@ -191,10 +164,7 @@ def build_bert(config: BertConfig, task: str) -> ModelGraph:
     if task not in ARCHITECTURES:
         raise ValueError(f"unknown task {task!r} for bert; choose one of {', '.join(ARCHITECTURES)}")
     prefix = "" if task == "base" else "bert"
-    h = config.hidden_size
-    classifier_dropout = (
-        config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-    )
+    h, std = config.hidden_size, config.initializer_range
     heads: list[Head] = []
     losses: list[Loss] = []
     expose: tuple[str, ...] = ()
@@ -206,7 +176,7 @@ def build_bert(config: BertConfig, task: str) -> ModelGraph:
             DenseHead(
                 source="pooled",
                 dropout=0.0,
-                dense=_linear(config, "cls.seq_relationship", h, 2),
+                dense=linear("cls.seq_relationship", h, 2, std),
                 output="seq_relationship_logits",
             ),
         ]
@@ -219,57 +189,19 @@ def build_bert(config: BertConfig, task: str) -> ModelGraph:
         losses = [CrossEntropyLoss(logits="logits", labels="labels")]
     elif task == "next_sentence_prediction":
         heads = [
-            DenseHead(
-                source="pooled", dropout=0.0, dense=_linear(config, "cls.seq_relationship", h, 2), output="logits"
-            )
+            DenseHead(source="pooled", dropout=0.0, dense=linear("cls.seq_relationship", h, 2, std), output="logits")
         ]
         losses = [CrossEntropyLoss(logits="logits", labels="labels")]
-    elif task == "sequence_classification":
-        heads = [
-            DenseHead(
-                source="pooled",
-                dropout=classifier_dropout,
-                dense=_linear(config, "classifier", h, config.num_labels),
-                output="logits",
-            )
-        ]
-        losses = [
-            ClassificationLoss(
-                logits="logits", labels="labels", num_labels=config.num_labels, problem_type=config.problem_type
-            )
-        ]
-    elif task == "multiple_choice":
-        heads = [
-            DenseHead(
-                source="pooled", dropout=classifier_dropout, dense=_linear(config, "classifier", h, 1), output="logits"
-            )
-        ]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels")]
-    elif task == "token_classification":
-        heads = [
-            DenseHead(
-                source="sequence",
-                dropout=classifier_dropout,
-                dense=_linear(config, "classifier", h, config.num_labels),
-                output="logits",
-            )
-        ]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels")]
-    else:  # question_answering
-        if config.num_labels != 2:
-            raise ValueError(
-                f"question_answering needs num_labels == 2 (start and end logits), got num_labels={config.num_labels}"
-            )
-        heads = [
-            DenseHead(
-                source="sequence",
-                dropout=0.0,
-                dense=_linear(config, "qa_outputs", h, 2),
-                output="logits",
-                split=("start_logits", "end_logits"),
-            )
-        ]
-        losses = [SpanLoss()]
+    else:
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        heads, losses = shared_task_head(
+            task,
+            hidden=h,
+            num_labels=config.num_labels,
+            problem_type=config.problem_type,
+            std=std,
+            dropout=dropout,
+        )
     return ModelGraph(
         family="bert",
         task=task,

@@ -1,0 +1,125 @@
+"""Builder pieces several families share: projections, embeddings, the MLM head and the task heads.
+
+Each function receives sizes and numeric choices, never a whole config, so a family builder reads as the
+list of what makes its architecture different.
+"""
+
+from __future__ import annotations
+
+from ..nodes import (
+    ClassificationLoss,
+    CrossEntropyLoss,
+    DenseHead,
+    Embed,
+    Embeddings,
+    Head,
+    LayerNorm,
+    Linear,
+    LMDecoder,
+    LMHead,
+    Loss,
+    SpanLoss,
+)
+
+# Tasks whose head is the same shape in every family (their dropout is the family's choice).
+SHARED_TASKS = ("sequence_classification", "multiple_choice", "token_classification", "question_answering")
+
+
+def linear(path: str, n_in: int, n_out: int, std: float, bias: bool = True) -> Linear:
+    return Linear(path=path, in_features=n_in, out_features=n_out, bias=bias, init_std=std)
+
+
+def embeddings(
+    *,
+    vocab_size: int,
+    max_positions: int,
+    type_vocab_size: int,
+    features: int,
+    pad_token_id: int | None,
+    eps: float,
+    dropout: float,
+    std: float,
+    sum_order: tuple[str, ...] = ("word", "token_type", "position"),
+) -> Embeddings:
+    """HF's ``embeddings`` module: word/position/token-type tables, ``LayerNorm``, dropout."""
+    return Embeddings(
+        path="embeddings",
+        word=Embed(
+            path="word_embeddings", num_embeddings=vocab_size, features=features, init_std=std, padding_idx=pad_token_id
+        ),
+        position=Embed(path="position_embeddings", num_embeddings=max_positions, features=features, init_std=std),
+        token_type=Embed(path="token_type_embeddings", num_embeddings=type_vocab_size, features=features, init_std=std),
+        norm=LayerNorm(path="LayerNorm", features=features, eps=eps),
+        dropout=dropout,
+        sum_order=sum_order,
+    )
+
+
+def lm_head(
+    *,
+    path: str,
+    transform_path: str,
+    norm_path: str,
+    hidden: int,
+    features: int,
+    vocab_size: int,
+    activation: str,
+    eps: float,
+    std: float,
+    tied_to: str | None,
+    output: str,
+) -> LMHead:
+    """``decoder(norm(act(transform(x)))) + bias``: hidden -> features -> vocab, decoder tied or not."""
+    return LMHead(
+        path=path,
+        transform=linear(transform_path, hidden, features, std),
+        activation=activation,
+        norm=LayerNorm(path=norm_path, features=features, eps=eps),
+        decoder=LMDecoder(path="decoder", in_features=features, vocab_size=vocab_size, tied_to=tied_to, init_std=std),
+        output=output,
+    )
+
+
+def shared_task_head(
+    task: str,
+    *,
+    hidden: int,
+    num_labels: int,
+    problem_type: str | None,
+    std: float,
+    dropout: float,
+) -> tuple[list[Head], list[Loss]]:
+    """The head and loss of one of :data:`SHARED_TASKS` (``classifier`` / ``qa_outputs``, as HF names them).
+
+    ``dropout`` is applied before the classifier (the family decides its value; question answering has none).
+    """
+    if task == "sequence_classification":
+        head = DenseHead(
+            source="pooled", dropout=dropout, dense=linear("classifier", hidden, num_labels, std), output="logits"
+        )
+        loss: Loss = ClassificationLoss(
+            logits="logits", labels="labels", num_labels=num_labels, problem_type=problem_type
+        )
+        return [head], [loss]
+    if task == "multiple_choice":
+        head = DenseHead(source="pooled", dropout=dropout, dense=linear("classifier", hidden, 1, std), output="logits")
+        return [head], [CrossEntropyLoss(logits="logits", labels="labels")]
+    if task == "token_classification":
+        head = DenseHead(
+            source="sequence", dropout=dropout, dense=linear("classifier", hidden, num_labels, std), output="logits"
+        )
+        return [head], [CrossEntropyLoss(logits="logits", labels="labels")]
+    if task == "question_answering":
+        if num_labels != 2:
+            raise ValueError(
+                f"question_answering needs num_labels == 2 (start and end logits), got num_labels={num_labels}"
+            )
+        head = DenseHead(
+            source="sequence",
+            dropout=0.0,
+            dense=linear("qa_outputs", hidden, 2, std),
+            output="logits",
+            split=("start_logits", "end_logits"),
+        )
+        return [head], [SpanLoss()]
+    raise ValueError(f"{task!r} is not a shared task ({', '.join(SHARED_TASKS)})")
