@@ -5,6 +5,7 @@ from .config import FamilyConfig
 from .families import FAMILIES, Family, build_graph, config_from_hf, family_of
 from .families.albert import AlbertConfig
 from .families.bert import BertConfig
+from .families.squeezebert import SqueezeBertConfig
 from .nodes import ModelGraph
 from .params import init_params, param_entries
 from .summary import summary
@@ -18,6 +19,7 @@ __all__ = [
     "FamilyConfig",
     "LoadReport",
     "ModelGraph",
+    "SqueezeBertConfig",
     "build_graph",
     "config_from_hf",
     "family_of",

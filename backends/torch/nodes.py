@@ -139,7 +139,7 @@ def attention(
     q, k, v = heads(node.query), heads(node.key), heads(node.value)
     bias = mask_bias(node, mask, s, q.dtype)
     p_drop = node.dropout if ctx.training else 0.0
-    if not ctx.output_attentions and head_mask is None and node.returns == "probs":
+    if not ctx.output_attentions and head_mask is None:
         # Fused kernel; equal to the eager path below up to float rounding.
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=p_drop, scale=1.0 / node.score_divisor

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import FamilyConfig, read_config_dict
 from ..nodes import ModelGraph
-from . import albert, bert
+from . import albert, bert, squeezebert
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,13 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "bert": Family("bert", bert.BertConfig, bert.build_bert, bert.ARCHITECTURES, "bert"),
     "albert": Family("albert", albert.AlbertConfig, albert.build_albert, albert.ARCHITECTURES, "albert"),
+    "squeezebert": Family(
+        "squeezebert",
+        squeezebert.SqueezeBertConfig,
+        squeezebert.build_squeezebert,
+        squeezebert.ARCHITECTURES,
+        "transformer",
+    ),
 }
 
 
