@@ -11,6 +11,7 @@ from .backends.api import build, from_pretrained, save_pretrained
 from .core import (
     AlbertConfig,
     BertConfig,
+    BigBirdConfig,
     CheckpointError,
     FamilyConfig,
     ModelGraph,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlbertConfig",
     "BertConfig",
+    "BigBirdConfig",
     "CheckpointError",
     "FamilyConfig",
     "ModelGraph",

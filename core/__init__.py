@@ -5,6 +5,7 @@ from .config import FamilyConfig
 from .families import FAMILIES, Family, build_graph, config_from_hf, family_of
 from .families.albert import AlbertConfig
 from .families.bert import BertConfig
+from .families.big_bird import BigBirdConfig
 from .families.squeezebert import SqueezeBertConfig
 from .nodes import ModelGraph
 from .params import init_params, param_entries
@@ -14,6 +15,7 @@ __all__ = [
     "FAMILIES",
     "AlbertConfig",
     "BertConfig",
+    "BigBirdConfig",
     "CheckpointError",
     "Family",
     "FamilyConfig",

@@ -10,6 +10,7 @@ never see a family or a config.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -246,7 +247,25 @@ class FullAttention(_Frozen):
     causal: bool = False
 
 
-AttentionVariant = Annotated[FullAttention, Field(discriminator="kind")]
+class BlockSparseAttention(_Frozen):
+    """BigBird's block-sparse pattern (global first/last blocks, a three-block sliding window and
+    ``num_random_blocks`` random blocks per query block), scores masked with ``(1 - m) * penalty``.
+
+    It runs only when the backbone's :class:`BlockSparsePolicy` says the call's length allows it; otherwise
+    the node computes dense attention (with the node's ``mask_fill``, dropout and head mask). ``layer`` seeds
+    this layer's random-block plan in training (see ``tandem.core.block_sparse``). In block-sparse mode there is
+    no attention dropout and no head mask, as in HF PyTorch.
+    """
+
+    kind: Literal["block_sparse"] = "block_sparse"
+    block_size: int
+    num_random_blocks: int
+    layer: int
+    penalty: float = -10000.0
+    causal: Literal[False] = False
+
+
+AttentionVariant = Annotated[FullAttention | BlockSparseAttention, Field(discriminator="kind")]
 
 
 class Attention(Node):
@@ -320,6 +339,17 @@ class Pooler(Node):
     activation: Activation = "tanh"
 
 
+class BlockSparsePolicy(_Frozen):
+    """When block-sparse layers run: only for calls whose unpadded length exceeds ``min_length`` (HF
+    PyTorch's rule; shorter calls use dense attention, decided per call). Inputs are then padded to a multiple
+    of ``block_size`` (ids with ``pad_token_id``, mask and token types with 0) and ``last_hidden_state`` is cut
+    back; hidden states and attention maps stay padded, as in HF PyTorch."""
+
+    block_size: int
+    min_length: int
+    pad_token_id: int
+
+
 class Backbone(Node):
     """Embeddings -> encoder -> optional pooler. ``path`` is the base-model prefix ('' for base)."""
 
@@ -327,6 +357,7 @@ class Backbone(Node):
     embeddings: Embeddings
     encoder: Encoder
     pooler: Pooler | None = None
+    block_sparse: BlockSparsePolicy | None = None
 
 
 class LMDecoder(Node):
@@ -382,7 +413,41 @@ class DenseHead(Node):
     split: tuple[str, ...] | None = None
 
 
-Head = Annotated[LMHead | DenseHead, Field(discriminator="kind")]
+class ClassificationHead(Node):
+    """``out_proj(dropout(act(dense(dropout(h[:, 0])))))``: a two-layer head on the first token."""
+
+    kind: Literal["classification_head"] = "classification_head"
+    dropout: float
+    dense: Linear
+    activation: Activation
+    out_proj: Linear
+    output: str
+
+
+class QuestionMask(_Frozen):
+    """Question tokens cannot be answers: positions before the first ``sep_token_id`` (inclusive; position 0
+    stays allowed) get ``penalty`` subtracted from the span logits. Lengths come from ``question_lengths`` when
+    given, else from ``input_ids``; token types default to 1 after the question."""
+
+    sep_token_id: int
+    penalty: float = 1e6
+
+
+class SpanHead(Node):
+    """Span logits through a residual feed-forward block:
+    ``qa_outputs(output(act(intermediate(dropout(x))), residual=x))``, split into start/end logits."""
+
+    kind: Literal["span_head"] = "span_head"
+    dropout: float
+    intermediate: Linear
+    activation: Activation
+    output: AddNorm
+    qa_outputs: Linear
+    split: tuple[str, ...] = ("start_logits", "end_logits")
+    question_mask: QuestionMask | None = None
+
+
+Head = Annotated[LMHead | DenseHead | ClassificationHead | SpanHead, Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -393,6 +458,7 @@ class CrossEntropyLoss(_Frozen):
     logits: str
     labels: str
     ignore_index: int = -100
+    optional: bool = False  # added to the loss when its labels are given, never required
 
 
 class ClassificationLoss(_Frozen):
@@ -444,10 +510,24 @@ class ModelGraph(Node):
     multiple_choice: bool = False
 
     def label_names(self) -> tuple[str, ...]:
+        """Every label keyword argument the task's losses read."""
         names: list[str] = []
         for loss in self.losses:
             names.extend(n for n in loss_labels(loss) if n not in names)
         return tuple(names)
+
+    def extra_inputs(self) -> tuple[str, ...]:
+        """Task-specific keyword inputs besides the labels (``question_lengths`` for a masked span head)."""
+        has_question_mask = any(isinstance(h, SpanHead) and h.question_mask is not None for h in self.heads)
+        return ("question_lengths",) if has_question_mask else ()
+
+    def loss_terms(self, given: Collection[str]) -> list[Loss]:
+        """The loss terms to sum for a call given these labels: none unless every required label is given;
+        optional terms only when their own labels are given too."""
+        required = [t for t in self.losses if not getattr(t, "optional", False)]
+        if not required or not all(n in given for t in required for n in loss_labels(t)):
+            return []
+        return [t for t in self.losses if all(n in given for n in loss_labels(t))]
 
 
 def score_divisor(head_dim: int) -> float:

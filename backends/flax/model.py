@@ -273,8 +273,9 @@ class FlaxModel:
         )
         if num_choices is not None:
             out["logits"] = out["logits"].reshape(-1, num_choices)
-        if graph.losses and all(name in labels for name in graph.label_names()):
-            out["loss"] = sum(ops.loss(term, out, labels) for term in graph.losses)
+        terms = graph.loss_terms(labels)
+        if terms:
+            out["loss"] = sum(ops.loss(term, out, labels) for term in terms)
         return out
 
 

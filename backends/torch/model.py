@@ -106,8 +106,9 @@ class TorchModel(nn.Module):
         if num_choices is not None:
             outputs["logits"] = outputs["logits"].reshape(-1, num_choices)
         result = ModelOutput()
-        if all(name in labels for name in graph.label_names()) and graph.losses:
-            result["loss"] = sum(ops.loss(term, outputs, labels) for term in graph.losses)
+        terms = graph.loss_terms(labels)
+        if terms:
+            result["loss"] = sum(ops.loss(term, outputs, labels) for term in terms)
         result.update(outputs)
         return result
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import FamilyConfig, read_config_dict
 from ..nodes import ModelGraph
-from . import albert, bert, squeezebert
+from . import albert, bert, big_bird, squeezebert
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "bert": Family("bert", bert.BertConfig, bert.build_bert, bert.ARCHITECTURES, "bert"),
     "albert": Family("albert", albert.AlbertConfig, albert.build_albert, albert.ARCHITECTURES, "albert"),
+    "big_bird": Family("big_bird", big_bird.BigBirdConfig, big_bird.build_big_bird, big_bird.ARCHITECTURES, "bert"),
     "squeezebert": Family(
         "squeezebert",
         squeezebert.SqueezeBertConfig,

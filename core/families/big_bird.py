@@ -1,0 +1,284 @@
+"""BigBird: BERT's layout under the ``bert`` prefix, with block-sparse attention and its own heads."""
+
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar, Literal
+
+from pydantic import model_validator
+
+from ..block_sparse import min_sparse_length
+from ..config import FamilyConfig
+from ..nodes import (
+    AddNorm,
+    Attention,
+    AttentionBlock,
+    Backbone,
+    BlockSparseAttention,
+    BlockSparsePolicy,
+    ClassificationHead,
+    ClassificationLoss,
+    CrossEntropyLoss,
+    DenseHead,
+    Encoder,
+    FullAttention,
+    Head,
+    LayerNorm,
+    LMHead,
+    Loss,
+    ModelGraph,
+    Pooler,
+    QuestionMask,
+    SpanHead,
+    SpanLoss,
+    TransformerLayer,
+    join,
+    score_divisor,
+)
+from .common import embeddings, linear, lm_head, shared_task_head
+
+
+class BigBirdConfig(FamilyConfig):
+    """HF ``BigBirdConfig``: same field names, same defaults."""
+
+    model_type: ClassVar[str] = "big_bird"
+    positive_fields: ClassVar[tuple[str, ...]] = (*FamilyConfig.positive_fields, "block_size")
+
+    vocab_size: int = 50358
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu_new"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 4096
+    use_cache: bool = True
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    sep_token_id: int = 66
+    attention_type: Literal["block_sparse", "original_full"] = "block_sparse"
+    use_bias: bool = True
+    rescale_embeddings: bool = False
+    block_size: int = 64
+    num_random_blocks: int = 3
+    classifier_dropout: float | None = None
+
+    @model_validator(mode="after")
+    def _check_big_bird(self) -> BigBirdConfig:
+        if self.num_random_blocks < 0:
+            raise ValueError(f"num_random_blocks must be >= 0, got {self.num_random_blocks}")
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+        if self.add_cross_attention:
+            raise ValueError(
+                "add_cross_attention=True is not supported yet: cross-attention layers are not implemented"
+            )
+        return self
+
+    @property
+    def runs_block_sparse(self) -> bool:
+        """Block-sparse unless full attention is asked for or forced (decoders run full attention, as in
+        HF PyTorch, which cannot run block-sparse attention causally)."""
+        return self.attention_type == "block_sparse" and not self.is_decoder
+
+
+ARCHITECTURES = {
+    "base": "BigBirdModel",
+    "pretraining": "BigBirdForPreTraining",
+    "masked_lm": "BigBirdForMaskedLM",
+    "sequence_classification": "BigBirdForSequenceClassification",
+    "multiple_choice": "BigBirdForMultipleChoice",
+    "token_classification": "BigBirdForTokenClassification",
+    "question_answering": "BigBirdForQuestionAnswering",
+}
+
+# HF PyTorch's BigBird heads keep the pooler except question answering (HF Flax drops it in more heads;
+# converting such checkpoints ignores the extra pooler weights).
+_UNPOOLED_TASKS = {"question_answering"}
+
+
+def _layer(config: BigBirdConfig, index: int) -> TransformerLayer:
+    h, i, std, eps = config.hidden_size, config.intermediate_size, config.initializer_range, config.layer_norm_eps
+    if config.runs_block_sparse:
+        variant: FullAttention | BlockSparseAttention = BlockSparseAttention(
+            block_size=config.block_size, num_random_blocks=config.num_random_blocks, layer=index
+        )
+    else:
+        variant = FullAttention(causal=config.is_decoder)
+    return TransformerLayer(
+        path=f"layer.{index}",
+        attention=AttentionBlock(
+            path="attention",
+            attention=Attention(
+                path="self",
+                query=linear("query", h, h, std, bias=config.use_bias),
+                key=linear("key", h, h, std, bias=config.use_bias),
+                value=linear("value", h, h, std, bias=config.use_bias),
+                num_heads=config.num_attention_heads,
+                head_dim=config.head_dim,
+                score_divisor=score_divisor(config.head_dim),
+                dropout=config.attention_probs_dropout_prob,
+                mask_fill="dtype_min",
+                variant=variant,
+            ),
+            output=AddNorm(
+                path="output",
+                dense=linear("dense", h, h, std),
+                dropout=config.hidden_dropout_prob,
+                norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
+            ),
+        ),
+        intermediate=linear("intermediate.dense", h, i, std),
+        activation=config.hidden_act,
+        output=AddNorm(
+            path="output",
+            dense=linear("dense", i, h, std),
+            dropout=config.hidden_dropout_prob,
+            norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
+        ),
+    )
+
+
+def _backbone(config: BigBirdConfig, prefix: str, pooled: bool) -> Backbone:
+    h, std, layers = config.hidden_size, config.initializer_range, config.num_hidden_layers
+    emb = embeddings(
+        vocab_size=config.vocab_size,
+        max_positions=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size,
+        features=h,
+        pad_token_id=config.pad_token_id,
+        eps=config.layer_norm_eps,
+        dropout=config.hidden_dropout_prob,
+        std=std,
+    )
+    # BigBird applies dropout before the LayerNorm, and optionally scales word embeddings by sqrt(H).
+    emb = emb.model_copy(
+        update={"dropout_before_norm": True, "word_scale": h**0.5 if config.rescale_embeddings else None}
+    )
+    policy = None
+    if config.runs_block_sparse:
+        policy = BlockSparsePolicy(
+            block_size=config.block_size,
+            min_length=min_sparse_length(config.block_size, config.num_random_blocks),
+            pad_token_id=config.pad_token_id or 0,
+        )
+    return Backbone(
+        path=prefix,
+        embeddings=emb,
+        encoder=Encoder(
+            path="encoder",
+            layers=[_layer(config, i) for i in range(layers)],
+            schedule=[(i,) for i in range(layers)],
+            head_mask_index=[(i,) for i in range(layers)],
+            num_head_mask_rows=layers,
+        ),
+        # BigBird's pooler is a bare Linear at `bert.pooler` followed by tanh.
+        pooler=Pooler(path="pooler", dense=linear("", h, h, std), activation="tanh") if pooled else None,
+        block_sparse=policy,
+    )
+
+
+def build_big_bird(config: BigBirdConfig, task: str) -> ModelGraph:
+    """Compile a :class:`BigBirdConfig` and a task name into the layer graph of HF PyTorch's matching class."""
+    if task not in ARCHITECTURES:
+        raise ValueError(f"unknown task {task!r} for big_bird; choose one of {', '.join(ARCHITECTURES)}")
+    if config.attention_type == "block_sparse" and config.is_decoder:
+        warnings.warn(
+            "big_bird with is_decoder=True runs full attention (block-sparse attention cannot be causal)",
+            stacklevel=3,
+        )
+    prefix = "" if task == "base" else "bert"
+    h, std = config.hidden_size, config.initializer_range
+    classifier_dropout = (
+        config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    )
+    heads: list[Head] = []
+    losses: list[Loss] = []
+    expose: tuple[str, ...] = ()
+
+    def mlm(output: str) -> LMHead:
+        return lm_head(
+            path="cls.predictions",
+            transform_path="transform.dense",
+            norm_path="transform.LayerNorm",
+            hidden=h,
+            features=h,
+            vocab_size=config.vocab_size,
+            activation=config.hidden_act,
+            eps=config.layer_norm_eps,
+            std=std,
+            tied_to=join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None,
+            output=output,
+        )
+
+    if task == "base":
+        expose = ("last_hidden_state", "pooler_output")
+    elif task == "pretraining":
+        heads = [
+            mlm("prediction_logits"),
+            DenseHead(
+                source="pooled",
+                dropout=0.0,
+                dense=linear("cls.seq_relationship", h, 2, std),
+                output="seq_relationship_logits",
+            ),
+        ]
+        # HF: MLM loss when labels are given, plus NSP when next_sentence_label is given too.
+        losses = [
+            CrossEntropyLoss(logits="prediction_logits", labels="labels"),
+            CrossEntropyLoss(logits="seq_relationship_logits", labels="next_sentence_label", optional=True),
+        ]
+    elif task == "masked_lm":
+        heads = [mlm("logits")]
+        losses = [CrossEntropyLoss(logits="logits", labels="labels")]
+    elif task == "sequence_classification":
+        heads = [
+            ClassificationHead(
+                path="classifier",
+                dropout=classifier_dropout,
+                dense=linear("dense", h, h, std),
+                activation=config.hidden_act,
+                out_proj=linear("out_proj", h, config.num_labels, std),
+                output="logits",
+            )
+        ]
+        losses = [
+            ClassificationLoss(
+                logits="logits", labels="labels", num_labels=config.num_labels, problem_type=config.problem_type
+            )
+        ]
+    elif task == "question_answering":
+        heads = [
+            SpanHead(
+                path="qa_classifier",
+                dropout=config.hidden_dropout_prob,
+                intermediate=linear("intermediate.dense", h, config.intermediate_size, std),
+                activation=config.hidden_act,
+                output=AddNorm(
+                    path="output",
+                    dense=linear("dense", config.intermediate_size, h, std),
+                    dropout=config.hidden_dropout_prob,
+                    norm=LayerNorm(path="LayerNorm", features=h, eps=config.layer_norm_eps),
+                ),
+                qa_outputs=linear("qa_outputs", h, 2, std),
+                question_mask=QuestionMask(sep_token_id=config.sep_token_id),
+            )
+        ]
+        losses = [SpanLoss()]
+    else:
+        dropout = config.hidden_dropout_prob if task == "multiple_choice" else classifier_dropout
+        heads, losses = shared_task_head(
+            task, hidden=h, num_labels=config.num_labels, problem_type=config.problem_type, std=std, dropout=dropout
+        )
+    return ModelGraph(
+        family="big_bird",
+        task=task,
+        backbone=_backbone(config, prefix, pooled=task not in _UNPOOLED_TASKS),
+        heads=heads,
+        losses=losses,
+        expose=expose,
+        multiple_choice=task == "multiple_choice",
+    )
