@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from ...core import nodes as n
+from ...core.block_sparse import random_blocks
+from .block_sparse import block_sparse_attention
 
 Array = jax.Array
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -51,6 +53,8 @@ class Context:
     output_attentions: bool
     output_hidden_states: bool
     dropout_rng: Array | None = None
+    block_sparse: bool = False  # this call runs block-sparse layers (decided by the backbone's policy)
+    block_sparse_seed: int = 0  # seeds the random-block plan in training
     _draws: int = field(default=0)
 
     def get(self, path: str) -> Mapping[str, Array]:
@@ -164,6 +168,20 @@ def attention(
         return project(proj, n.join(path, proj.path), x, ctx).reshape(b, s, h, d).transpose(0, 2, 1, 3)
 
     q, k, v = heads(node.query), heads(node.key), heads(node.value)
+    variant = node.variant
+    if isinstance(variant, n.BlockSparseAttention) and ctx.block_sparse:
+        plan = random_blocks(
+            s // variant.block_size,
+            h,
+            variant.num_random_blocks,
+            not ctx.deterministic,
+            ctx.block_sparse_seed,
+            variant.layer,
+        )
+        context, probs = block_sparse_attention(
+            q, k, v, mask, plan, variant.block_size, 1.0 / node.score_divisor, variant.penalty, ctx.output_attentions
+        )
+        return context.transpose(0, 2, 1, 3).reshape(b, s, h * d), probs
     scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.asarray(node.score_divisor, ctx.dtype)
     scores = scores + mask_bias(node, mask, s, ctx.dtype)  # (B, h, S, S)
     probs = jax.nn.softmax(scores, axis=-1)
@@ -286,6 +304,19 @@ def lm_head(node: n.LMHead, path: str, x: Array, ctx: Context) -> Array:
 
 def dense_head(node: n.DenseHead, path: str, x: Array, ctx: Context) -> Array:
     return linear(node.dense, n.join(path, node.dense.path), dropout(x, node.dropout, ctx), ctx)
+
+
+def classification_head(node: n.ClassificationHead, path: str, x: Array, ctx: Context) -> Array:
+    y = dropout(x[:, 0], node.dropout, ctx)
+    y = ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), y, ctx))
+    return linear(node.out_proj, n.join(path, node.out_proj.path), dropout(y, node.dropout, ctx), ctx)
+
+
+def span_head(node: n.SpanHead, path: str, x: Array, ctx: Context) -> Array:
+    y = dropout(x, node.dropout, ctx)
+    y = ACTIVATIONS[node.activation](linear(node.intermediate, n.join(path, node.intermediate.path), y, ctx))
+    y = add_norm(node.output, n.join(path, node.output.path), y, x, ctx)
+    return linear(node.qa_outputs, n.join(path, node.qa_outputs.path), y, ctx)
 
 
 def _cross_entropy(logits: Array, labels: Array, ignore_index: int) -> Array:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core import nodes as n
@@ -68,16 +69,20 @@ class TorchModel(nn.Module):
         inputs_embeds: Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        block_sparse_seed: int = 0,
         **labels: Tensor,
     ) -> ModelOutput:
-        """Run the model. Label keyword arguments are the task's (``labels``, ``start_positions``...)."""
+        """Run the model. Label keyword arguments are the task's (``labels``, ``start_positions``...), plus
+        its extra inputs (``question_lengths``); ``block_sparse_seed`` seeds block-sparse random blocks in
+        training."""
         graph = self.graph
-        unknown = sorted(set(labels) - set(graph.label_names()))
+        accepted = graph.label_names() + graph.extra_inputs()
+        unknown = sorted(set(labels) - set(accepted))
         if unknown:
             raise TypeError(
-                f"{graph.family} {graph.task} got unexpected keyword argument(s) {unknown}; "
-                f"its labels are {list(graph.label_names())}"
+                f"{graph.family} {graph.task} got unexpected keyword argument(s) {unknown}; it accepts {list(accepted)}"
             )
+        extras = {k: labels.pop(k) for k in graph.extra_inputs() if k in labels}
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         inputs = {
@@ -101,8 +106,9 @@ class TorchModel(nn.Module):
             training=self.training,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            block_sparse_seed=block_sparse_seed,
         )
-        outputs = self._run(inputs, head_mask, ctx)
+        outputs = self._run(inputs, extras, head_mask, ctx)
         if num_choices is not None:
             outputs["logits"] = outputs["logits"].reshape(-1, num_choices)
         result = ModelOutput()
@@ -112,7 +118,13 @@ class TorchModel(nn.Module):
         result.update(outputs)
         return result
 
-    def _run(self, inputs: dict[str, Tensor | None], head_mask: Tensor | None, ctx: ops.Context) -> dict[str, Any]:
+    def _run(
+        self,
+        inputs: dict[str, Tensor | None],
+        extras: dict[str, Tensor],
+        head_mask: Tensor | None,
+        ctx: ops.Context,
+    ) -> dict[str, Any]:
         graph = self.graph
         backbone = graph.backbone
         ids, embeds = inputs["input_ids"], inputs["inputs_embeds"]
@@ -122,15 +134,46 @@ class TorchModel(nn.Module):
         if mask is None:
             mask = torch.ones(batch, length, dtype=torch.long, device=device)
         token_type_ids = inputs["token_type_ids"]
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
         position_ids = inputs["position_ids"]
-        if position_ids is None:
-            position_ids = torch.arange(length, device=device)[None, :]
-        dtype = next(iter(ctx.params.values())).dtype
+        logits_mask = _question_mask(graph, ids, extras.get("question_lengths"), length)
+        if token_type_ids is None:
+            # A masked span head makes everything after the question segment 1 (HF's BigBird QA).
+            token_type_ids = (
+                torch.zeros(batch, length, dtype=torch.long, device=device) if logits_mask is None else 1 - logits_mask
+            )
+        if logits_mask is not None:
+            logits_mask[:, 0] = 0
         path = backbone.path
         emb = backbone.embeddings
-        x = ops.embeddings(emb, n.join(path, emb.path), ids, token_type_ids, position_ids, embeds, ctx)
+        emb_path = n.join(path, emb.path)
+        policy = backbone.block_sparse
+        ctx.block_sparse = policy is not None and length > policy.min_length
+        if ctx.block_sparse:
+            pad = (-length) % policy.block_size
+            if pad:
+                mask = F.pad(mask, (0, pad), value=0)
+                token_type_ids = F.pad(token_type_ids, (0, pad), value=0)
+                if position_ids is not None:
+                    position_ids = F.pad(position_ids, (0, pad), value=policy.pad_token_id)
+                if ids is not None:
+                    ids = F.pad(ids, (0, pad), value=policy.pad_token_id)
+                else:
+                    # HF PyTorch pads given embeddings with the embedding-module output of pad tokens.
+                    pad_ids = torch.full((batch, pad), policy.pad_token_id, dtype=torch.long, device=device)
+                    pad_rows = ops.embeddings(
+                        emb,
+                        emb_path,
+                        pad_ids,
+                        torch.zeros_like(pad_ids),
+                        torch.arange(pad, device=device)[None],
+                        None,
+                        ctx,
+                    )
+                    embeds = torch.cat([embeds, pad_rows], dim=1)
+        if position_ids is None:
+            position_ids = torch.arange(mask.shape[1], device=device)[None, :]
+        dtype = next(iter(ctx.params.values())).dtype
+        x = ops.embeddings(emb, emb_path, ids, token_type_ids, position_ids, embeds, ctx)
         enc = backbone.encoder
         x, hidden_states, attentions = ops.encoder(
             enc, n.join(path, enc.path), x, mask, _head_mask(head_mask, enc, dtype), ctx
@@ -138,13 +181,22 @@ class TorchModel(nn.Module):
         pooled = None
         if backbone.pooler is not None:
             pooled = ops.pooler(backbone.pooler, n.join(path, backbone.pooler.path), x, ctx)
+        x = x[:, :length]  # cut block-sparse padding; hidden states and attentions keep it, as in HF
         out: dict[str, Any] = {}
         for head in graph.heads:
             head_path = head.path
             if isinstance(head, n.LMHead):
                 out[head.output] = ops.lm_head(head, head_path, x, ctx)
                 continue
-            logits = ops.dense_head(head, head_path, pooled if head.source == "pooled" else x, ctx)
+            if isinstance(head, n.ClassificationHead):
+                out[head.output] = ops.classification_head(head, head_path, x, ctx)
+                continue
+            if isinstance(head, n.SpanHead):
+                logits = ops.span_head(head, head_path, x, ctx)
+                if logits_mask is not None:
+                    logits = logits - logits_mask[:, :, None] * head.question_mask.penalty
+            else:
+                logits = ops.dense_head(head, head_path, pooled if head.source == "pooled" else x, ctx)
             if head.split is None:
                 out[head.output] = logits
             else:
@@ -159,6 +211,21 @@ class TorchModel(nn.Module):
         if ctx.output_attentions:
             out["attentions"] = tuple(attentions)
         return out
+
+
+def _question_mask(
+    graph: n.ModelGraph, ids: Tensor | None, question_lengths: Tensor | None, length: int
+) -> Tensor | None:
+    """1 on question positions (before and at the first separator) for a masked span head, else None."""
+    spec = next((h.question_mask for h in graph.heads if isinstance(h, n.SpanHead) and h.question_mask), None)
+    if spec is None:
+        return None
+    if question_lengths is None:
+        if ids is None:
+            return None
+        question_lengths = (torch.argmax(ids.eq(spec.sep_token_id).int(), dim=-1) + 1)[:, None]
+    positions = torch.arange(length, device=question_lengths.device)[None, :]
+    return (positions < question_lengths.reshape(-1, 1)).long()
 
 
 def _head_mask(head_mask: Tensor | None, encoder: n.Encoder, dtype: torch.dtype) -> Tensor | None:

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...core import nodes as n
+from ...core.block_sparse import random_blocks
+from .block_sparse import block_sparse_attention
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -48,6 +50,8 @@ class Context:
     training: bool
     output_attentions: bool
     output_hidden_states: bool
+    block_sparse: bool = False  # this call runs block-sparse layers (decided by the backbone's policy)
+    block_sparse_seed: int = 0  # seeds the random-block plan in training
 
     def get(self, path: str, name: str) -> Tensor:
         return self.params[n.join(path, name)]
@@ -137,6 +141,15 @@ def attention(
         return project(proj, n.join(path, proj.path), x, ctx).view(b, s, h, d).transpose(1, 2)
 
     q, k, v = heads(node.query), heads(node.key), heads(node.value)
+    variant = node.variant
+    if isinstance(variant, n.BlockSparseAttention) and ctx.block_sparse:
+        plan = random_blocks(
+            s // variant.block_size, h, variant.num_random_blocks, ctx.training, ctx.block_sparse_seed, variant.layer
+        )
+        context, probs = block_sparse_attention(
+            q, k, v, mask, plan, variant.block_size, 1.0 / node.score_divisor, variant.penalty, ctx.output_attentions
+        )
+        return context.transpose(1, 2).reshape(b, s, h * d), probs
     bias = mask_bias(node, mask, s, q.dtype)
     p_drop = node.dropout if ctx.training else 0.0
     if not ctx.output_attentions and head_mask is None:
@@ -208,6 +221,19 @@ def lm_head(node: n.LMHead, path: str, x: Tensor, ctx: Context) -> Tensor:
 
 def dense_head(node: n.DenseHead, path: str, x: Tensor, ctx: Context) -> Tensor:
     return linear(node.dense, n.join(path, node.dense.path), dropout(x, node.dropout, ctx), ctx)
+
+
+def classification_head(node: n.ClassificationHead, path: str, x: Tensor, ctx: Context) -> Tensor:
+    y = dropout(x[:, 0], node.dropout, ctx)
+    y = ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), y, ctx))
+    return linear(node.out_proj, n.join(path, node.out_proj.path), dropout(y, node.dropout, ctx), ctx)
+
+
+def span_head(node: n.SpanHead, path: str, x: Tensor, ctx: Context) -> Tensor:
+    y = dropout(x, node.dropout, ctx)
+    y = ACTIVATIONS[node.activation](linear(node.intermediate, n.join(path, node.intermediate.path), y, ctx))
+    y = add_norm(node.output, n.join(path, node.output.path), y, x, ctx)
+    return linear(node.qa_outputs, n.join(path, node.qa_outputs.path), y, ctx)
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
