@@ -49,7 +49,11 @@ def _init_subtree(key: Array, entries: list[ParamEntry]) -> dict[str, Any]:
 
 
 def run_graph(
-    graph: n.ModelGraph, ctx: ops.Context, inputs: Mapping[str, Array | None], head_mask: Array | None
+    graph: n.ModelGraph,
+    ctx: ops.Context,
+    inputs: Mapping[str, Array | None],
+    head_mask: Array | None,
+    question_lengths: Array | None = None,
 ) -> dict[str, Any]:
     """The forward pass of a whole graph: backbone, heads, exposed outputs (no loss)."""
     backbone = graph.backbone
@@ -59,25 +63,57 @@ def run_graph(
     if mask is None:
         mask = jnp.ones((batch, length), jnp.int32)
     token_type_ids = inputs["token_type_ids"]
-    if token_type_ids is None:
-        token_type_ids = jnp.zeros((batch, length), jnp.int32)
     position_ids = inputs["position_ids"]
-    if position_ids is None:
-        position_ids = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (batch, length))
+    logits_mask = _question_mask(graph, ids, question_lengths, length)
+    if token_type_ids is None:
+        # A masked span head makes everything after the question segment 1 (HF's BigBird QA).
+        token_type_ids = jnp.zeros((batch, length), jnp.int32) if logits_mask is None else 1 - logits_mask
+    if logits_mask is not None:
+        logits_mask = logits_mask.at[:, 0].set(0)
     path = backbone.path
     emb = backbone.embeddings
-    x = ops.embeddings(emb, n.join(path, emb.path), ids, token_type_ids, position_ids, embeds, ctx)
+    emb_path = n.join(path, emb.path)
+    policy = backbone.block_sparse
+    ctx.block_sparse = policy is not None and length > policy.min_length
+    if ctx.block_sparse:
+        pad = (-length) % policy.block_size
+        if pad:
+            mask = jnp.pad(mask, ((0, 0), (0, pad)))
+            token_type_ids = jnp.pad(token_type_ids, ((0, 0), (0, pad)))
+            if position_ids is not None:
+                position_ids = jnp.pad(position_ids, ((0, 0), (0, pad)), constant_values=policy.pad_token_id)
+            if ids is not None:
+                ids = jnp.pad(ids, ((0, 0), (0, pad)), constant_values=policy.pad_token_id)
+            else:
+                # HF PyTorch pads given embeddings with the embedding-module output of pad tokens.
+                pad_ids = jnp.full((batch, pad), policy.pad_token_id, jnp.int32)
+                positions = jnp.broadcast_to(jnp.arange(pad, dtype=jnp.int32)[None], (batch, pad))
+                pad_rows = ops.embeddings(emb, emb_path, pad_ids, jnp.zeros_like(pad_ids), positions, None, ctx)
+                embeds = jnp.concatenate([ctx.cast(embeds), pad_rows], axis=1)
+    full_length = mask.shape[1]
+    if position_ids is None:
+        position_ids = jnp.broadcast_to(jnp.arange(full_length, dtype=jnp.int32)[None], (batch, full_length))
+    x = ops.embeddings(emb, emb_path, ids, token_type_ids, position_ids, embeds, ctx)
     enc = backbone.encoder
     x, hidden_states, attentions = ops.encoder(enc, n.join(path, enc.path), x, mask, head_mask, ctx)
     pooled = None
     if backbone.pooler is not None:
         pooled = ops.pooler(backbone.pooler, n.join(path, backbone.pooler.path), x, ctx)
+    x = x[:, :length]  # cut block-sparse padding; hidden states and attentions keep it, as in HF
     out: dict[str, Any] = {}
     for head in graph.heads:
         if isinstance(head, n.LMHead):
             out[head.output] = ops.lm_head(head, head.path, x, ctx)
             continue
-        logits = ops.dense_head(head, head.path, pooled if head.source == "pooled" else x, ctx)
+        if isinstance(head, n.ClassificationHead):
+            out[head.output] = ops.classification_head(head, head.path, x, ctx)
+            continue
+        if isinstance(head, n.SpanHead):
+            logits = ops.span_head(head, head.path, x, ctx)
+            if logits_mask is not None:
+                logits = logits - logits_mask[:, :, None].astype(logits.dtype) * head.question_mask.penalty
+        else:
+            logits = ops.dense_head(head, head.path, pooled if head.source == "pooled" else x, ctx)
         if head.split is None:
             out[head.output] = logits
         else:
@@ -92,6 +128,19 @@ def run_graph(
     if ctx.output_attentions:
         out["attentions"] = tuple(attentions)
     return out
+
+
+def _question_mask(graph: n.ModelGraph, ids: Array | None, question_lengths: Array | None, length: int) -> Array | None:
+    """1 on question positions (before and at the first separator) for a masked span head, else None."""
+    spec = next((h.question_mask for h in graph.heads if isinstance(h, n.SpanHead) and h.question_mask), None)
+    if spec is None:
+        return None
+    if question_lengths is None:
+        if ids is None:
+            return None
+        question_lengths = (jnp.argmax(ids == spec.sep_token_id, axis=-1) + 1)[:, None]
+    positions = jnp.arange(length)[None, :]
+    return (positions < question_lengths.reshape(-1, 1)).astype(jnp.int32)
 
 
 class GraphModule(nn.Module):
@@ -111,6 +160,8 @@ class GraphModule(nn.Module):
         deterministic: bool = True,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        question_lengths: Array | None = None,
+        block_sparse_seed: int = 0,
     ) -> dict[str, Any]:
         groups: dict[str, list[ParamEntry]] = {}
         for entry in param_entries(self.graph):
@@ -123,8 +174,9 @@ class GraphModule(nn.Module):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             dropout_rng=None if deterministic else self.make_rng("dropout"),
+            block_sparse_seed=block_sparse_seed,
         )
-        return run_graph(self.graph, ctx, inputs, head_mask)
+        return run_graph(self.graph, ctx, inputs, head_mask, question_lengths)
 
 
 class FlaxModel:
@@ -146,7 +198,8 @@ class FlaxModel:
         self.params = params
         self.config = config
         self._jitted = jax.jit(
-            self._apply_arrays, static_argnames=("train", "output_attentions", "output_hidden_states")
+            self._apply_arrays,
+            static_argnames=("train", "output_attentions", "output_hidden_states", "block_sparse_seed"),
         )
 
     @property
@@ -169,9 +222,11 @@ class FlaxModel:
         output_hidden_states: bool = False,
         train: bool = False,
         dropout_rng: Array | None = None,
+        block_sparse_seed: int = 0,
         **labels: Any,
     ) -> ModelOutput:
-        """Run the jitted model. ``train=True`` enables dropout and needs ``dropout_rng``."""
+        """Run the jitted model. ``train=True`` enables dropout and needs ``dropout_rng``;
+        ``block_sparse_seed`` seeds block-sparse random blocks in training (same blocks as torch)."""
         return self.apply(
             self.params,
             input_ids=input_ids,
@@ -184,6 +239,7 @@ class FlaxModel:
             output_hidden_states=output_hidden_states,
             train=train,
             dropout_rng=dropout_rng,
+            block_sparse_seed=block_sparse_seed,
             _jit=True,
             **labels,
         )
@@ -201,18 +257,20 @@ class FlaxModel:
         output_hidden_states: bool = False,
         train: bool = False,
         dropout_rng: Array | None = None,
+        block_sparse_seed: int = 0,
         _jit: bool = False,
         **labels: Any,
     ) -> ModelOutput:
         """The forward pass on explicit ``params`` (differentiable; traced, not jitted, unless called
         through ``__call__``)."""
         graph = self.graph
-        unknown = sorted(set(labels) - set(graph.label_names()))
+        accepted = graph.label_names() + graph.extra_inputs()
+        unknown = sorted(set(labels) - set(accepted))
         if unknown:
             raise TypeError(
-                f"{graph.family} {graph.task} got unexpected keyword argument(s) {unknown}; "
-                f"its labels are {list(graph.label_names())}"
+                f"{graph.family} {graph.task} got unexpected keyword argument(s) {unknown}; it accepts {list(accepted)}"
             )
+        extras = {k: _ints(labels.pop(k)) for k in graph.extra_inputs() if k in labels}
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         if train and dropout_rng is None:
@@ -224,6 +282,7 @@ class FlaxModel:
             "position_ids": _ints(position_ids),
             "inputs_embeds": None if inputs_embeds is None else jnp.asarray(inputs_embeds),
             "head_mask": None if head_mask is None else jnp.asarray(head_mask),
+            **extras,
         }
         label_arrays = {k: jnp.asarray(v) for k, v in labels.items()}
         fn = self._jitted if _jit else self._apply_arrays
@@ -235,6 +294,7 @@ class FlaxModel:
             train=train,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            block_sparse_seed=block_sparse_seed,
         )
         result = ModelOutput()
         if "loss" in out:
@@ -251,10 +311,12 @@ class FlaxModel:
         train: bool,
         output_attentions: bool,
         output_hidden_states: bool,
+        block_sparse_seed: int,
     ) -> dict[str, Any]:
         graph = self.graph
         inputs = dict(arrays)
         head_mask = inputs.pop("head_mask")
+        question_lengths = inputs.pop("question_lengths", None)
         num_choices = None
         if graph.multiple_choice:
             reference = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"][..., 0]
@@ -269,6 +331,8 @@ class FlaxModel:
             deterministic=not train,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            question_lengths=question_lengths,
+            block_sparse_seed=block_sparse_seed,
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
         )
         if num_choices is not None:

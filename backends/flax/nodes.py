@@ -147,27 +147,55 @@ def embeddings(
     return dropout(layer_norm(node.norm, norm_path, out, ctx), node.dropout, ctx)
 
 
-def mask_bias(node: n.Attention, mask: Array, query_len: int, dtype: Any) -> Array:
-    """Additive bias (B, 1, 1|Sq, Sk) from a (B, Sk) mask: ``(1 - m) * fill``, as HF PyTorch."""
+def mask_bias(node: n.Attention, mask: Array, query_len: int, dtype: Any, offset: Array | None = None) -> Array:
+    """Additive bias (B, 1, 1|Sq, Sk) from a (B, Sk) mask: ``(1 - m) * fill``, as HF PyTorch.
+
+    ``offset`` (a fixed-size cache of ``Sk`` slots): the queries sit at positions ``offset .. offset + Sq - 1``.
+    Slots from ``offset + Sq`` on hold nothing yet and get ``-inf`` (probability exactly 0), so every row
+    sees the keys HF PyTorch's growing cache holds, with the same ``(1 - m) * fill`` rule on them.
+    """
     m = mask[:, None, None, :].astype(dtype)
-    if node.variant.causal:
-        key_len = mask.shape[-1]
-        rows = jnp.arange(query_len)[:, None] + (key_len - query_len)
+    key_len = mask.shape[-1]
+    start = key_len - query_len if offset is None else offset
+    if node.causal:
+        rows = jnp.arange(query_len)[:, None] + start
         m = m * (jnp.arange(key_len)[None, :] <= rows).astype(dtype)[None, None]
     fill = jnp.finfo(dtype).min if node.mask_fill == "dtype_min" else node.mask_fill
-    return (1.0 - m) * jnp.asarray(fill, dtype)
+    bias = (1.0 - m) * jnp.asarray(fill, dtype)
+    if offset is None:
+        return bias
+    filled = jnp.arange(key_len) < offset + query_len
+    return jnp.where(filled[None, None, None, :], bias, jnp.asarray(-jnp.inf, dtype))
+
+
+def _heads(node: n.Attention, proj: n.Projection, path: str, x: Array, ctx: Context) -> Array:
+    """(B, S, H) -> projected and split into heads (B, h, S, d)."""
+    y = project(proj, n.join(path, proj.path), x, ctx)
+    return y.reshape(x.shape[0], x.shape[1], node.num_heads, node.head_dim).transpose(0, 2, 1, 3)
+
+
+def keys_values(node: n.Attention, path: str, states: Array, ctx: Context) -> tuple[Array, Array]:
+    """The keys and values (B, h, S, d) that ``states`` (B, S, H) give."""
+    return _heads(node, node.key, path, states, ctx), _heads(node, node.value, path, states, ctx)
 
 
 def attention(
-    node: n.Attention, path: str, x: Array, mask: Array, head_mask: Array | None, ctx: Context
+    node: n.Attention,
+    path: str,
+    x: Array,
+    mask: Array,
+    head_mask: Array | None,
+    ctx: Context,
+    kv: tuple[Array, Array] | None = None,
+    offset: Array | None = None,
 ) -> tuple[Array, Array | None]:
+    """Queries from ``x`` attend to ``kv`` (default: the keys and values of ``x``); ``mask`` (B, Sk) covers
+    the keys. ``offset``: ``kv`` is a fixed-size cache whose first ``offset`` slots were filled before
+    this call (see :func:`mask_bias`)."""
     b, s, _ = x.shape
     h, d = node.num_heads, node.head_dim
-
-    def heads(proj: n.Linear | n.GroupedConv1x1) -> Array:  # (B, S, H) -> (B, h, S, d)
-        return project(proj, n.join(path, proj.path), x, ctx).reshape(b, s, h, d).transpose(0, 2, 1, 3)
-
-    q, k, v = heads(node.query), heads(node.key), heads(node.value)
+    q = _heads(node, node.query, path, x, ctx)
+    k, v = kv if kv is not None else keys_values(node, path, x, ctx)
     variant = node.variant
     if isinstance(variant, n.BlockSparseAttention) and ctx.block_sparse:
         plan = random_blocks(
@@ -183,7 +211,7 @@ def attention(
         )
         return context.transpose(0, 2, 1, 3).reshape(b, s, h * d), probs
     scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.asarray(node.score_divisor, ctx.dtype)
-    scores = scores + mask_bias(node, mask, s, ctx.dtype)  # (B, h, S, S)
+    scores = scores + mask_bias(node, mask, s, ctx.dtype, offset)  # (B, h, S, Sk)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = dropout(probs, node.dropout, ctx)
     if head_mask is not None:
@@ -199,47 +227,132 @@ def add_norm(node: n.AddNorm, path: str, x: Array, residual: Array, ctx: Context
     return layer_norm(node.norm, n.join(path, node.norm.path), y + residual, ctx)
 
 
+# One layer run's KV cache entry: its self-attention (key, value), then its cross-attention (key, value)
+# when it ran one. Self-attention entries of a fixed-size cache are (B, heads, max_length, head_dim).
+CacheEntry = tuple[Array, ...]
+
+
+@dataclass
+class CrossInputs:
+    """What cross-attention reads in one call: the encoder states (None when the cache holds their keys
+    and values) and the encoder's (B, Se) mask."""
+
+    states: Array | None
+    mask: Array
+
+
+@dataclass
+class LayerOutput:
+    hidden: Array
+    attention: Array | None
+    cross_attention: Array | None
+    cache: CacheEntry  # the keys/values this run attended to
+
+
 def transformer_layer(
-    node: n.TransformerLayer, path: str, x: Array, mask: Array, head_mask: Array | None, ctx: Context
-) -> tuple[Array, Array | None]:
+    node: n.TransformerLayer,
+    path: str,
+    x: Array,
+    mask: Array,
+    head_mask: Array | None,
+    ctx: Context,
+    cross: CrossInputs | None = None,
+    past: CacheEntry | None = None,
+    index: Array | None = None,
+) -> LayerOutput:
+    """``past``: this run's fixed-size cache entry, whose first ``index`` slots are filled; the new
+    self-attention keys/values are written from slot ``index`` on, and cached cross-attention keys/values
+    are reused as they are (computed once per sequence)."""
     block = node.attention
     block_path = n.join(path, block.path)
-    context, probs = attention(block.attention, n.join(block_path, block.attention.path), x, mask, head_mask, ctx)
+    attn_path = n.join(block_path, block.attention.path)
+    k, v = keys_values(block.attention, attn_path, x, ctx)
+    if past is not None:
+        k = jax.lax.dynamic_update_slice(past[0], k.astype(past[0].dtype), (0, 0, index, 0))
+        v = jax.lax.dynamic_update_slice(past[1], v.astype(past[1].dtype), (0, 0, index, 0))
+    offset = None if past is None else index
+    context, probs = attention(block.attention, attn_path, x, mask, head_mask, ctx, kv=(k, v), offset=offset)
     x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
+    cache: CacheEntry = (k, v)
+    cross_probs = None
+    cached_cross = past[2:] if past is not None and len(past) == 4 else None
+    block = node.crossattention
+    if block is not None and cross is not None and (cached_cross or cross.states is not None):
+        block_path = n.join(path, block.path)
+        attn_path = n.join(block_path, block.attention.path)
+        ck, cv = cached_cross or keys_values(block.attention, attn_path, cross.states, ctx)
+        context, cross_probs = attention(block.attention, attn_path, x, cross.mask, head_mask, ctx, kv=(ck, cv))
+        x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
+        cache = (k, v, ck, cv)
     inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
-    return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx), probs
+    x = add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
+    return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
+
+
+@dataclass
+class EncoderOutput:
+    hidden: Array  # the last hidden state
+    hidden_states: list[Array]  # recorded after the input and after each step, when asked for
+    attentions: list[Array]  # one per layer run, when asked for
+    cross_attentions: list[Array]  # one per cross-attention run, when asked for
+    cache: list[CacheEntry]  # one per layer run (empty when steps were scanned)
 
 
 def encoder(
-    node: n.Encoder, path: str, x: Array, mask: Array, head_mask: Array | None, ctx: Context
-) -> tuple[Array, list[Array], list[Array]]:
+    node: n.Encoder,
+    path: str,
+    x: Array,
+    mask: Array,
+    head_mask: Array | None,
+    ctx: Context,
+    cross: CrossInputs | None = None,
+    past: tuple[CacheEntry, ...] | None = None,
+    index: Array | None = None,
+) -> EncoderOutput:
     """Run the schedule. Consecutive steps that run the same layers (shared parameters) are one
-    ``jax.lax.scan``, so compile time does not grow with the number of repeats."""
+    ``jax.lax.scan``, so compile time does not grow with the number of repeats; decoders (which keep a
+    cache entry per run) run every step unrolled. ``past``/``index``: a fixed-size cache, one entry per
+    layer run, and the number of slots filled."""
     if node.input_projection is not None:
         x = linear(node.input_projection, n.join(path, node.input_projection.path), x, ctx)
-    hidden_states = [x] if ctx.output_hidden_states else []
-    attentions: list[Array] = []
+    out = EncoderOutput(
+        hidden=x, hidden_states=[x] if ctx.output_hidden_states else [], attentions=[], cross_attentions=[], cache=[]
+    )
+    scan = cross is None and past is None and not any(layer.attention.attention.causal for layer in node.layers)
     steps = list(zip(node.schedule, node.head_mask_index, strict=True))
     start = 0
     while start < len(steps):
         stop = start + 1
-        while stop < len(steps) and steps[stop][0] == steps[start][0]:
+        while scan and stop < len(steps) and steps[stop][0] == steps[start][0]:
             stop += 1
         if stop - start == 1:
             layers, rows = steps[start]
-            x, probs = _step(
-                node, path, layers, x, mask, None if head_mask is None else head_mask[jnp.asarray(rows)], ctx
+            step_past = None if past is None else past[len(out.cache) : len(out.cache) + len(layers)]
+            x, runs = _step(
+                node,
+                path,
+                layers,
+                x,
+                mask,
+                None if head_mask is None else head_mask[jnp.asarray(rows)],
+                ctx,
+                cross,
+                step_past,
+                index,
             )
+            out.cache.extend(run.cache for run in runs)
             states = [x]
-            runs = [probs]
+            probs = [[run.attention for run in runs]]
+            out.cross_attentions.extend(run.cross_attention for run in runs if run.cross_attention is not None)
         else:
-            x, states, runs = _scan_steps(node, path, steps[start:stop], x, mask, head_mask, ctx)
+            x, states, probs = _scan_steps(node, path, steps[start:stop], x, mask, head_mask, ctx)
         if ctx.output_hidden_states:
-            hidden_states.extend(states)
+            out.hidden_states.extend(states)
         if ctx.output_attentions:
-            attentions.extend(p for probs in runs for p in probs)
+            out.attentions.extend(p for step_probs in probs for p in step_probs)
         start = stop
-    return x, hidden_states, attentions
+    out.hidden = x
+    return out
 
 
 def _step(
@@ -250,14 +363,20 @@ def _step(
     mask: Array,
     head_mask_rows: Array | None,
     ctx: Context,
-) -> tuple[Array, list[Array | None]]:
-    probs = []
-    for k, index in enumerate(layers):
-        layer = node.layers[index]
+    cross: CrossInputs | None = None,
+    past: tuple[CacheEntry, ...] | None = None,
+    index: Array | None = None,
+) -> tuple[Array, list[LayerOutput]]:
+    runs = []
+    for k, layer_index in enumerate(layers):
+        layer = node.layers[layer_index]
         row = None if head_mask_rows is None else head_mask_rows[k]
-        x, p = transformer_layer(layer, n.join(path, layer.path), x, mask, row, ctx)
-        probs.append(p)
-    return x, probs
+        run = transformer_layer(
+            layer, n.join(path, layer.path), x, mask, row, ctx, cross, None if past is None else past[k], index
+        )
+        x = run.hidden
+        runs.append(run)
+    return x, runs
 
 
 def _scan_steps(
@@ -277,8 +396,9 @@ def _scan_steps(
         index, step_rows = xs
         key = None if run_key is None else jax.random.fold_in(run_key, index)
         sub = replace(ctx, dropout_rng=key, _draws=0)
-        out, probs = _step(node, path, layers, carry, mask, step_rows, sub)
-        return out, (out if ctx.output_hidden_states else None, tuple(probs) if ctx.output_attentions else None)
+        out, runs = _step(node, path, layers, carry, mask, step_rows, sub)
+        probs = tuple(run.attention for run in runs)
+        return out, (out if ctx.output_hidden_states else None, probs if ctx.output_attentions else None)
 
     x, (states, probs) = jax.lax.scan(body, x, (jnp.arange(len(steps)), rows))
     n_steps = len(steps)
@@ -332,7 +452,10 @@ def _cross_entropy(logits: Array, labels: Array, ignore_index: int) -> Array:
 
 def loss(term: n.Loss, outputs: Mapping[str, Array], labels: Mapping[str, Array]) -> Array:
     if isinstance(term, n.CrossEntropyLoss):
-        return _cross_entropy(outputs[term.logits], labels[term.labels], term.ignore_index)
+        logits, target = outputs[term.logits], labels[term.labels]
+        if term.shift:  # position t predicts token t + 1
+            logits, target = logits[:, :-1], target[:, 1:]
+        return _cross_entropy(logits, target, term.ignore_index)
     if isinstance(term, n.ClassificationLoss):
         logits, target = outputs[term.logits].astype(jnp.float32), labels[term.labels]
         problem = term.problem_type

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ...core import nodes as n
 from ...core.config import FamilyConfig
+from ...core.decoding import check_encoder_inputs, resolve_use_cache
 from ...core.outputs import ModelOutput
 from ...core.params import param_entries, torch_aliases
 from . import nodes as ops
@@ -67,6 +68,10 @@ class TorchModel(nn.Module):
         position_ids: Tensor | None = None,
         head_mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
+        past_key_values: tuple[ops.CacheEntry, ...] | None = None,
+        use_cache: bool | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         block_sparse_seed: int = 0,
@@ -74,7 +79,18 @@ class TorchModel(nn.Module):
     ) -> ModelOutput:
         """Run the model. Label keyword arguments are the task's (``labels``, ``start_positions``...), plus
         its extra inputs (``question_lengths``); ``block_sparse_seed`` seeds block-sparse random blocks in
-        training."""
+        training.
+
+        Decoders (causal self-attention) also take, as HF PyTorch's:
+
+        - ``encoder_hidden_states`` (B, Se, H) and ``encoder_attention_mask`` (B, Se) for cross-attention;
+        - ``use_cache``: return ``past_key_values``, one ``(key, value[, cross_key, cross_value])`` tuple of
+          (B, heads, length, head_dim) tensors per layer run (HF's legacy cache format; unset: the config's
+          ``use_cache``, off when labels are given);
+        - ``past_key_values``: continue from such a cache. ``attention_mask`` then covers the cached and the
+          new positions (B, past + S), positions default to ``past .. past + S - 1``, and cached
+          cross-attention keys/values are reused (``encoder_hidden_states`` may be left out).
+        """
         graph = self.graph
         accepted = graph.label_names() + graph.extra_inputs()
         unknown = sorted(set(labels) - set(accepted))
@@ -85,6 +101,14 @@ class TorchModel(nn.Module):
         extras = {k: labels.pop(k) for k in graph.extra_inputs() if k in labels}
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
+        use_cache = resolve_use_cache(graph, use_cache, past_key_values is not None, bool(labels))
+        past = _check_past(graph.backbone.encoder, past_key_values)
+        check_encoder_inputs(
+            graph,
+            encoder_hidden_states is not None,
+            encoder_attention_mask is not None,
+            cached=past is not None and len(past[0]) == 4,
+        )
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -108,7 +132,8 @@ class TorchModel(nn.Module):
             output_hidden_states=output_hidden_states,
             block_sparse_seed=block_sparse_seed,
         )
-        outputs = self._run(inputs, extras, head_mask, ctx)
+        cross = _cross_inputs(encoder_hidden_states, encoder_attention_mask, past)
+        outputs = self._run(inputs, extras, head_mask, ctx, cross, past, use_cache)
         if num_choices is not None:
             outputs["logits"] = outputs["logits"].reshape(-1, num_choices)
         result = ModelOutput()
@@ -124,15 +149,24 @@ class TorchModel(nn.Module):
         extras: dict[str, Tensor],
         head_mask: Tensor | None,
         ctx: ops.Context,
+        cross: ops.CrossInputs | None,
+        past: tuple[ops.CacheEntry, ...] | None,
+        use_cache: bool,
     ) -> dict[str, Any]:
         graph = self.graph
         backbone = graph.backbone
         ids, embeds = inputs["input_ids"], inputs["inputs_embeds"]
         batch, length = ids.shape if ids is not None else embeds.shape[:2]
         device = ids.device if ids is not None else embeds.device
+        past_length = 0 if past is None else past[0][0].shape[2]
         mask = inputs["attention_mask"]
         if mask is None:
-            mask = torch.ones(batch, length, dtype=torch.long, device=device)
+            mask = torch.ones(batch, past_length + length, dtype=torch.long, device=device)
+        elif mask.shape[-1] != past_length + length:
+            raise ValueError(
+                f"attention_mask must cover the {past_length} cached and {length} new positions "
+                f"(length {past_length + length}), got shape {tuple(mask.shape)}"
+            )
         token_type_ids = inputs["token_type_ids"]
         position_ids = inputs["position_ids"]
         logits_mask = _question_mask(graph, ids, extras.get("question_lengths"), length)
@@ -170,14 +204,13 @@ class TorchModel(nn.Module):
                         ctx,
                     )
                     embeds = torch.cat([embeds, pad_rows], dim=1)
-        if position_ids is None:
-            position_ids = torch.arange(mask.shape[1], device=device)[None, :]
+        if position_ids is None:  # HF PyTorch: offset by the cached length
+            position_ids = torch.arange(past_length, mask.shape[1], device=device)[None, :]
         dtype = next(iter(ctx.params.values())).dtype
         x = ops.embeddings(emb, emb_path, ids, token_type_ids, position_ids, embeds, ctx)
         enc = backbone.encoder
-        x, hidden_states, attentions = ops.encoder(
-            enc, n.join(path, enc.path), x, mask, _head_mask(head_mask, enc, dtype), ctx
-        )
+        encoded = ops.encoder(enc, n.join(path, enc.path), x, mask, _head_mask(head_mask, enc, dtype), ctx, cross, past)
+        x = encoded.hidden
         pooled = None
         if backbone.pooler is not None:
             pooled = ops.pooler(backbone.pooler, n.join(path, backbone.pooler.path), x, ctx)
@@ -206,11 +239,49 @@ class TorchModel(nn.Module):
             out["last_hidden_state"] = x
         if "pooler_output" in graph.expose and pooled is not None:
             out["pooler_output"] = pooled
+        if use_cache:
+            out["past_key_values"] = tuple(encoded.cache)
         if ctx.output_hidden_states:
-            out["hidden_states"] = tuple(hidden_states)
+            out["hidden_states"] = tuple(encoded.hidden_states)
         if ctx.output_attentions:
-            out["attentions"] = tuple(attentions)
+            out["attentions"] = tuple(encoded.attentions)
+            if encoded.cross_attentions:
+                out["cross_attentions"] = tuple(encoded.cross_attentions)
         return out
+
+
+def _check_past(encoder: n.Encoder, past: Any) -> tuple[ops.CacheEntry, ...] | None:
+    """The cache as a tuple of per-run tuples, or a clear error when it does not fit the model."""
+    if past is None:
+        return None
+    runs = len(encoder.runs)
+    if (
+        not isinstance(past, (tuple, list))
+        or len(past) != runs
+        or any(not isinstance(e, (tuple, list)) or len(e) not in (2, 4) for e in past)
+    ):
+        raise ValueError(
+            f"past_key_values must hold {runs} entries (one per layer run) of (key, value) or (key, value, "
+            "cross_key, cross_value) tensors of shape (batch, heads, length, head_dim), as returned by a call "
+            f"with use_cache=True; got {type(past).__name__}"
+            + (f" of {len(past)} entries" if isinstance(past, (tuple, list)) else "")
+            + " (convert a flax cache with tandem.convert_cache)"
+        )
+    return tuple(tuple(e) for e in past)
+
+
+def _cross_inputs(
+    states: Tensor | None, mask: Tensor | None, past: tuple[ops.CacheEntry, ...] | None
+) -> ops.CrossInputs | None:
+    """The encoder inputs of a call; with cross keys/values in the cache, the states are not needed."""
+    cached = past is not None and len(past[0]) == 4
+    if states is None and not cached:
+        return None
+    if mask is None:
+        reference = states if states is not None else past[0][2]
+        length = reference.shape[-2]
+        mask = torch.ones(reference.shape[0], length, dtype=torch.long, device=reference.device)
+    return ops.CrossInputs(states=None if cached else states, mask=mask)
 
 
 def _question_mask(

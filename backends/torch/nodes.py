@@ -131,16 +131,32 @@ def mask_bias(node: n.Attention, mask: Tensor, query_len: int, dtype: torch.dtyp
     return (1.0 - m) * fill
 
 
+def _heads(node: n.Attention, proj: n.Projection, path: str, x: Tensor, ctx: Context) -> Tensor:
+    """(B, S, H) -> projected and split into heads (B, h, S, d)."""
+    y = project(proj, n.join(path, proj.path), x, ctx)
+    return y.view(x.shape[0], x.shape[1], node.num_heads, node.head_dim).transpose(1, 2)
+
+
+def keys_values(node: n.Attention, path: str, states: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
+    """The keys and values (B, h, S, d) that ``states`` (B, S, H) give."""
+    return _heads(node, node.key, path, states, ctx), _heads(node, node.value, path, states, ctx)
+
+
 def attention(
-    node: n.Attention, path: str, x: Tensor, mask: Tensor, head_mask: Tensor | None, ctx: Context
+    node: n.Attention,
+    path: str,
+    x: Tensor,
+    mask: Tensor,
+    head_mask: Tensor | None,
+    ctx: Context,
+    kv: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
+    """Queries from ``x`` attend to ``kv`` (default: the keys and values of ``x``); ``mask`` (B, Sk) covers
+    the keys, e.g. a decoder's cached positions followed by the current ones."""
     b, s, _ = x.shape
     h, d = node.num_heads, node.head_dim
-
-    def heads(proj: n.Linear | n.GroupedConv1x1) -> Tensor:  # (B, S, H) -> (B, h, S, d)
-        return project(proj, n.join(path, proj.path), x, ctx).view(b, s, h, d).transpose(1, 2)
-
-    q, k, v = heads(node.query), heads(node.key), heads(node.value)
+    q = _heads(node, node.query, path, x, ctx)
+    k, v = kv if kv is not None else keys_values(node, path, x, ctx)
     variant = node.variant
     if isinstance(variant, n.BlockSparseAttention) and ctx.block_sparse:
         plan = random_blocks(
@@ -175,36 +191,113 @@ def add_norm(node: n.AddNorm, path: str, x: Tensor, residual: Tensor, ctx: Conte
     return layer_norm(node.norm, n.join(path, node.norm.path), y + residual, ctx)
 
 
+# One layer run's KV cache entry: its self-attention (key, value), then its cross-attention (key, value)
+# when it ran one; each (B, heads, length, head_dim). A model's cache is a tuple of entries, one per layer
+# run: HF PyTorch's legacy ``past_key_values`` format.
+CacheEntry = tuple[Tensor, ...]
+
+
+@dataclass
+class CrossInputs:
+    """What cross-attention reads in one call: the encoder states (None when the cache holds their keys
+    and values) and the encoder's (B, Se) mask."""
+
+    states: Tensor | None
+    mask: Tensor
+
+
+@dataclass
+class LayerOutput:
+    hidden: Tensor
+    attention: Tensor | None
+    cross_attention: Tensor | None
+    cache: CacheEntry  # the keys/values this run attended to (past ones included)
+
+
 def transformer_layer(
-    node: n.TransformerLayer, path: str, x: Tensor, mask: Tensor, head_mask: Tensor | None, ctx: Context
-) -> tuple[Tensor, Tensor | None]:
+    node: n.TransformerLayer,
+    path: str,
+    x: Tensor,
+    mask: Tensor,
+    head_mask: Tensor | None,
+    ctx: Context,
+    cross: CrossInputs | None = None,
+    past: CacheEntry | None = None,
+) -> LayerOutput:
+    """``past``: this run's cache entry; new self-attention keys/values are appended to it, cached
+    cross-attention keys/values are reused as they are (computed once per sequence)."""
     block = node.attention
     block_path = n.join(path, block.path)
-    context, probs = attention(block.attention, n.join(block_path, block.attention.path), x, mask, head_mask, ctx)
+    attn_path = n.join(block_path, block.attention.path)
+    k, v = keys_values(block.attention, attn_path, x, ctx)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    context, probs = attention(block.attention, attn_path, x, mask, head_mask, ctx, kv=(k, v))
     x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
+    cache: CacheEntry = (k, v)
+    cross_probs = None
+    cached_cross = past[2:] if past is not None and len(past) == 4 else None
+    block = node.crossattention
+    if block is not None and cross is not None and (cached_cross or cross.states is not None):
+        block_path = n.join(path, block.path)
+        attn_path = n.join(block_path, block.attention.path)
+        ck, cv = cached_cross or keys_values(block.attention, attn_path, cross.states, ctx)
+        context, cross_probs = attention(block.attention, attn_path, x, cross.mask, head_mask, ctx, kv=(ck, cv))
+        x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
+        cache = (k, v, ck, cv)
     inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
-    return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx), probs
+    x = add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
+    return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
+
+
+@dataclass
+class EncoderOutput:
+    hidden: Tensor  # the last hidden state
+    hidden_states: list[Tensor]  # recorded after the input and after each step, when asked for
+    attentions: list[Tensor]  # one per layer run, when asked for
+    cross_attentions: list[Tensor]  # one per cross-attention run, when asked for
+    cache: list[CacheEntry]  # one per layer run
 
 
 def encoder(
-    node: n.Encoder, path: str, x: Tensor, mask: Tensor, head_mask: Tensor | None, ctx: Context
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Returns the last hidden state, the recorded hidden states and the attention maps."""
+    node: n.Encoder,
+    path: str,
+    x: Tensor,
+    mask: Tensor,
+    head_mask: Tensor | None,
+    ctx: Context,
+    cross: CrossInputs | None = None,
+    past: tuple[CacheEntry, ...] | None = None,
+) -> EncoderOutput:
+    """Run the schedule; ``past`` holds one cache entry per layer run (see :attr:`Encoder.runs`)."""
     if node.input_projection is not None:
         x = linear(node.input_projection, n.join(path, node.input_projection.path), x, ctx)
-    hidden_states = [x] if ctx.output_hidden_states else []
-    attentions = []
+    out = EncoderOutput(
+        hidden=x, hidden_states=[x] if ctx.output_hidden_states else [], attentions=[], cross_attentions=[], cache=[]
+    )
     for step, rows in zip(node.schedule, node.head_mask_index, strict=True):
         for index, row in zip(step, rows, strict=True):
             layer = node.layers[index]
-            x, probs = transformer_layer(
-                layer, n.join(path, layer.path), x, mask, None if head_mask is None else head_mask[row], ctx
+            run = transformer_layer(
+                layer,
+                n.join(path, layer.path),
+                x,
+                mask,
+                None if head_mask is None else head_mask[row],
+                ctx,
+                cross,
+                None if past is None else past[len(out.cache)],
             )
+            x = run.hidden
+            out.cache.append(run.cache)
             if ctx.output_attentions:
-                attentions.append(probs)
+                out.attentions.append(run.attention)
+                if run.cross_attention is not None:
+                    out.cross_attentions.append(run.cross_attention)
         if ctx.output_hidden_states:
-            hidden_states.append(x)
-    return x, hidden_states, attentions
+            out.hidden_states.append(x)
+    out.hidden = x
+    return out
 
 
 def pooler(node: n.Pooler, path: str, x: Tensor, ctx: Context) -> Tensor:
@@ -242,7 +335,10 @@ def _cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
 
 def loss(term: n.Loss, outputs: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
     if isinstance(term, n.CrossEntropyLoss):
-        return _cross_entropy(outputs[term.logits], labels[term.labels], term.ignore_index)
+        logits, target = outputs[term.logits], labels[term.labels]
+        if term.shift:  # position t predicts token t + 1
+            logits, target = logits[:, :-1], target[:, 1:]
+        return _cross_entropy(logits, target, term.ignore_index)
     if isinstance(term, n.ClassificationLoss):
         logits, target = outputs[term.logits], labels[term.labels]
         problem = term.problem_type
