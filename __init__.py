@@ -8,6 +8,8 @@ Example:
 """
 
 from .backends.api import build, from_pretrained, save_pretrained
+from .backends.cache import convert_cache
+from .backends.generate import generate
 from .core import (
     AlbertConfig,
     BertConfig,
@@ -36,7 +38,9 @@ __all__ = [
     "build",
     "build_graph",
     "config_from_hf",
+    "convert_cache",
     "from_pretrained",
+    "generate",
     "save_pretrained",
     "summary",
 ]

@@ -30,7 +30,7 @@ def build(
     and flax. The model is in eval mode (torch) / called with ``train=False`` by default (flax).
 
     Example:
-        >>> model = tandem.build(tandem.BertConfig(num_hidden_layers=2), task="masked_lm", backend="flax")
+        >>> model = tandem.build(config, task="masked_lm", backend="flax")
     """
     _check_dtype(dtype)
     graph = build_graph(config, task)
@@ -47,7 +47,7 @@ def from_pretrained(
 ) -> Any:
     """Load an HF checkpoint directory (``config.json`` + ``model.safetensors``) into ``backend``.
 
-    ``task`` defaults to the one named by the config's ``architectures`` (``BertForMaskedLM`` ->
+    ``task`` defaults to the one named by the config's ``architectures`` (``<Family>ForMaskedLM`` ->
     ``masked_lm``), else ``base``. Base weights load into head models and head checkpoints into base
     models; head weights the checkpoint lacks are initialised and listed in one warning. Unexpected or
     mis-shaped weights raise :class:`~tandem.CheckpointError` naming them (``strict=False``: report them in

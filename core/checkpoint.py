@@ -1,46 +1,67 @@
-"""HF checkpoint directories: reading, matching weights to a graph, and atomic writing (numpy only)."""
+"""HF checkpoint directories: reading, matching weights to a graph, converting and writing (numpy only).
+
+A checkpoint's tensors are named in one of two layouts: HF PyTorch keys (``bert.encoder.layer.0.
+attention.self.query.weight``, torch shapes) or HF Flax param paths (``bert/encoder/layer/0/attention/
+self/query/kernel``, flax shapes). Both are matched to the graph through :func:`param_entries`, which
+gives every parameter its key, its flax path and its declared layout rule; nothing is guessed from names.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .config import FamilyConfig
-from .families import Family, build_graph, family_of
+from .families import FAMILIES, Family, build_graph, family_of
+from .formats import (
+    Checkpoint,
+    CheckpointError,
+    Deferred,
+    Format,
+    Layout,
+    is_floating,
+    read_checkpoint,
+    write_checkpoint,
+)
 from .nodes import ModelGraph
-from .params import init_params, param_entries, torch_aliases
+from .params import ParamEntry, init_params, param_entries, torch_aliases, walk
 
 # Torch buffers that old checkpoints may carry; they are not parameters.
 _BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 # TF-era LayerNorm names.
 _LEGACY_NAMES = {"gamma": "weight", "beta": "bias"}
+_SEPARATOR = {"torch": ".", "flax": "/"}
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "LoadReport",
+    "Match",
+    "atomic_write",
+    "match_weights",
+    "plan_conversion",
+    "read_weights",
+    "save_checkpoint",
+    "task_for_checkpoint",
+]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model; the message names every offending key."""
+def read_weights(directory: str | Path, format: Format | None = None) -> Checkpoint:
+    """The weights of an HF checkpoint directory, memory-mapped (any format; ``format`` picks one).
 
-
-def read_weights(directory: Path) -> dict[str, np.ndarray]:
-    """The weights of an HF checkpoint directory as ``{HF PyTorch key: array}``."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    path = directory / "model.safetensors"
-    if not path.is_file():
-        found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-        raise FileNotFoundError(f"no model.safetensors in {directory} (found: {', '.join(found) or 'nothing'})")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    A mapping of tensor name -> read-only numpy array, in the layout its format uses (``.layout``).
+    """
+    return read_checkpoint(directory, format)
 
 
 def task_for_checkpoint(config: FamilyConfig) -> str | None:
@@ -68,19 +89,138 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
 
 
-def _prefix_of(keys: list[str], family: Family) -> str:
-    pre = family.base_prefix + "."
-    return family.base_prefix if any(k.startswith(pre) for k in keys) else ""
+def _layout(weights: Mapping[str, np.ndarray]) -> Layout:
+    return weights.layout if isinstance(weights, Checkpoint) else "torch"
 
 
-def _neutral(key: str, prefix: str) -> str:
-    """A key with the base-model prefix removed, so base and head checkpoints compare."""
-    return key[len(prefix) + 1 :] if prefix and key.startswith(prefix + ".") else key
+def _strip(name: str, prefix: str, sep: str) -> str:
+    return name[len(prefix) + 1 :] if prefix and name.startswith(prefix + sep) else name
 
 
-def _normalise(key: str) -> str:
-    head, _, last = key.rpartition(".")
-    return f"{head}.{_LEGACY_NAMES[last]}" if last in _LEGACY_NAMES else key
+def _entry_name(entry: ParamEntry, layout: Layout) -> str:
+    return entry.key if layout == "torch" else "/".join(entry.flax_path)
+
+
+def _entry_shape(entry: ParamEntry, layout: Layout) -> tuple[int, ...]:
+    return entry.spec.shape if layout == "torch" else entry.flax_shape
+
+
+def _graph_names(graph: ModelGraph, layout: Layout) -> dict[str, ParamEntry]:
+    """The graph's parameters by checkpoint name with the base-model prefix removed ("neutral" names)."""
+    prefix, sep = graph.backbone.path, _SEPARATOR[layout]
+    return {_strip(_entry_name(e, layout), prefix, sep): e for e in param_entries(graph)}
+
+
+def _alias_names(graph: ModelGraph) -> dict[str, str]:
+    prefix = graph.backbone.path
+    return {_strip(a, prefix, "."): _strip(c, prefix, ".") for a, c in torch_aliases(graph).items()}
+
+
+def _checkpoint_names(weights: Mapping[str, np.ndarray], family: Family, layout: Layout) -> tuple[dict[str, str], bool]:
+    """Neutral name -> checkpoint name (buffers dropped, TF-era names renamed), and whether it is prefixed."""
+    sep = _SEPARATOR[layout]
+    names = [k for k in weights if not (layout == "torch" and k.endswith(_BUFFER_SUFFIXES))]
+    prefixed = any(k.startswith(family.base_prefix + sep) for k in names)
+    out = {}
+    for name in names:
+        neutral = _strip(name, family.base_prefix if prefixed else "", sep)
+        if layout == "torch":
+            head, _, last = neutral.rpartition(".")
+            neutral = f"{head}.{_LEGACY_NAMES[last]}" if last in _LEGACY_NAMES else neutral
+        out[neutral] = name
+    return out, prefixed
+
+
+@dataclass
+class Match:
+    """How a checkpoint's tensors line up with a graph's parameters (names in the checkpoint's layout)."""
+
+    graph: ModelGraph
+    layout: Layout
+    prefixed: bool  # whether the checkpoint nests the base model under the family prefix
+    found: dict[str, str] = field(default_factory=dict)  # graph key -> checkpoint name
+    missing: list[ParamEntry] = field(default_factory=list)
+    pooler_absent: list[ParamEntry] = field(default_factory=list)  # flax only: see _match
+    mismatched: list[tuple[ParamEntry, str, tuple[int, ...]]] = field(default_factory=list)  # entry, name, shape
+    left: dict[str, str] = field(default_factory=dict)  # neutral name -> checkpoint name, matched by nothing
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.mismatched or self.left)
+
+    def mismatch_lines(self) -> list[str]:
+        return [
+            f"{name}: expected {_entry_shape(entry, self.layout)}, checkpoint has {shape}"
+            for entry, name, shape in self.mismatched
+        ]
+
+
+def _match(graph: ModelGraph, family: Family, weights: Mapping[str, np.ndarray]) -> Match:
+    layout = _layout(weights)
+    ckpt, prefixed = _checkpoint_names(weights, family, layout)
+    if layout == "torch":
+        for alias, canonical in _alias_names(graph).items():  # a tied alias may stand in for its canonical key
+            if alias in ckpt and canonical not in ckpt:
+                ckpt[canonical] = ckpt[alias]
+            ckpt.pop(alias, None)
+    match = Match(graph, layout, prefixed)
+    # HF Flax builds some heads without the pooler HF PyTorch gives them (BigBird's masked LM): a flax
+    # checkpoint may lack it. Those weights are then initialised on load and not written on conversion.
+    pooler = _pooler_keys(graph) if layout == "flax" else set()
+    for neutral, entry in _graph_names(graph, layout).items():
+        name = ckpt.pop(neutral, None)
+        if name is None:
+            (match.pooler_absent if entry.key in pooler else match.missing).append(entry)
+        elif tuple(weights[name].shape) != _entry_shape(entry, layout):
+            match.mismatched.append((entry, name, tuple(weights[name].shape)))
+        else:
+            match.found[entry.key] = name
+    match.left = ckpt
+    _check_family(family, weights, match)
+    return match
+
+
+def _pooler_keys(graph: ModelGraph) -> set[str]:
+    pooler = graph.backbone.pooler
+    if pooler is None:
+        return set()
+    nodes = [node for _, node in walk(pooler)]
+    return {e.key for e in param_entries(graph) if any(e.node is node for node in nodes)}
+
+
+def _shape_free(name: str) -> str:
+    """A name with its layer indices replaced, so that names compare across depths."""
+    return re.sub(r"(?<=[./])\d+(?=[./]|$)", "#", name)
+
+
+def _check_family(family: Family, weights: Mapping[str, np.ndarray], match: Match) -> None:
+    """Raise when the weights plainly belong to another family than the config's (too few names fit)."""
+    if len(match.found) * 2 >= len(match.found) + len(match.missing) + len(match.mismatched):
+        return
+    layout = match.layout
+    scores = {}
+    for other in FAMILIES.values():
+        known = {_shape_free(n) for n in _graph_names(build_graph(other.config_class(), "base"), layout)}
+        ckpt, _ = _checkpoint_names(weights, other, layout)
+        scores[other.name] = sum(_shape_free(n) in known for n in ckpt)
+    best = max(scores, key=lambda name: scores[name])
+    if scores[best] > scores[family.name] and scores[best] * 2 > len(weights):
+        raise CheckpointError(
+            f"the config's model_type is {family.name!r}, but the checkpoint holds {best} weights: "
+            f"{scores[best]} of its {len(weights)} tensors have {best} names, {scores[family.name]} have "
+            f"{family.name} names. Check config.json's model_type."
+        )
+
+
+def _problems(match: Match, unexpected: list[str], missing: list[str], what: str) -> list[str]:
+    problems = []
+    if match.mismatched:
+        problems.append("shape mismatch:\n  " + "\n  ".join(match.mismatch_lines()))
+    if missing:
+        problems.append("missing from the checkpoint:\n  " + "\n  ".join(missing))
+    if unexpected:
+        problems.append(f"unexpected in the checkpoint (not part of {what}):\n  " + "\n  ".join(unexpected))
+    return problems
 
 
 def match_weights(
@@ -91,67 +231,47 @@ def match_weights(
     strict: bool = True,
     seed: int = 0,
 ) -> tuple[dict[str, np.ndarray], LoadReport]:
-    """Map checkpoint ``weights`` onto ``graph``'s parameters.
+    """Map checkpoint ``weights`` onto ``graph``'s parameters, as float32 arrays in torch layout.
 
+    ``weights`` is a :class:`Checkpoint` (either layout) or a plain ``{HF PyTorch key: array}`` mapping.
     The base-model prefix is added or stripped as needed. Parameters that belong to a head the checkpoint's
     own task does not have are freshly initialised; weights that belong to the checkpoint's task but not to
     ours are unused (both listed in one warning, as HF does). Anything else missing or unexpected, and any
-    shape mismatch, raises :class:`CheckpointError` naming the keys, unless ``strict=False``.
+    shape mismatch, raises :class:`CheckpointError` naming the keys, unless ``strict=False``. Weights stored
+    in float16 or bfloat16 load as float32 (HF's default); the backend then applies the model's dtype.
     """
     family = family_of(config)
-    our_prefix = graph.backbone.path
-    ckpt_keys = [k for k in weights if not k.endswith(_BUFFER_SUFFIXES)]
-    ckpt_prefix = _prefix_of(ckpt_keys, family)
-    ckpt = {_normalise(_neutral(k, ckpt_prefix)): k for k in ckpt_keys}
-
-    entries = {_neutral(e.key, our_prefix): e for e in param_entries(graph)}
-    aliases = {_neutral(a, our_prefix): _neutral(c, our_prefix) for a, c in torch_aliases(graph).items()}
-    for alias, canonical in aliases.items():  # a tied alias may stand in for its canonical key
-        if alias in ckpt and canonical not in ckpt:
-            ckpt[canonical] = ckpt[alias]
-        ckpt.pop(alias, None)
-
+    match = _match(graph, family, weights)
+    layout = match.layout
     if checkpoint_task is None:
-        checkpoint_task = "base" if (our_prefix and not ckpt_prefix) else graph.task
-    if checkpoint_task == graph.task:
-        theirs = set(entries)
-    else:
+        checkpoint_task = "base" if (graph.backbone.path and not match.prefixed) else graph.task
+    theirs = set(_graph_names(graph, layout))
+    if checkpoint_task != graph.task:
         other = build_graph(config, checkpoint_task)
-        theirs = {_neutral(e.key, other.backbone.path) for e in param_entries(other)}
-        theirs |= {_neutral(a, other.backbone.path) for a in torch_aliases(other)}
+        theirs = set(_graph_names(other, layout)) | (set(_alias_names(other)) if layout == "torch" else set())
+    prefix, sep = graph.backbone.path, _SEPARATOR[layout]
 
-    report = LoadReport()
-    missing, unexpected = [], []
-    out: dict[str, np.ndarray] = {}
-    for neutral, entry in entries.items():
-        if neutral not in ckpt:
-            (missing if neutral in theirs else report.initialised).append(entry.key)
-            continue
-        value = np.asarray(weights[ckpt[neutral]])
-        if tuple(value.shape) != entry.spec.shape:
-            report.mismatched.append(f"{entry.key}: expected {entry.spec.shape}, checkpoint has {tuple(value.shape)}")
-            continue
-        out[entry.key] = value
-    for neutral, key in ckpt.items():
-        if neutral not in entries:
-            (report.unused if neutral in theirs else unexpected).append(key)
+    report = LoadReport(initialised=[e.key for e in match.pooler_absent], mismatched=match.mismatch_lines())
+    missing = []
+    for entry in match.missing:
+        (missing if _strip(_entry_name(entry, layout), prefix, sep) in theirs else report.initialised).append(entry.key)
+    unexpected = []
+    for neutral, name in match.left.items():
+        (report.unused if neutral in theirs else unexpected).append(name)
 
-    problems = []
-    if report.mismatched:
-        problems.append("shape mismatch:\n  " + "\n  ".join(report.mismatched))
-    if missing:
-        problems.append("missing from the checkpoint:\n  " + "\n  ".join(missing))
-    if unexpected:
-        problems.append(
-            f"unexpected in the checkpoint (not part of {graph.family} {graph.task}):\n  " + "\n  ".join(unexpected)
-        )
+    problems = _problems(match, unexpected, missing, f"{graph.family} {graph.task}")
     if problems and strict:
         raise CheckpointError("checkpoint does not fit the model: " + "\n".join(problems))
-    report.initialised += missing + [m.split(":")[0] for m in report.mismatched]
+    report.initialised += missing + [entry.key for entry, _, _ in match.mismatched]
     report.unused += unexpected
+
+    entries = {e.key: e for e in param_entries(graph)}
+    out: dict[str, np.ndarray] = {}
+    for key, name in match.found.items():
+        value = weights[name] if layout == "torch" else entries[key].from_flax(weights[name])
+        out[key] = value.astype(np.float32) if is_floating(value.dtype) and value.dtype != np.float32 else value
     if report.initialised:
-        fresh = init_params(graph, seed, only=set(report.initialised))
-        out.update(fresh)
+        out.update(init_params(graph, seed, only=set(report.initialised)))
     messages = []
     if report.initialised:
         messages.append("newly initialised (not in the checkpoint): " + ", ".join(report.initialised))
@@ -163,6 +283,69 @@ def match_weights(
             stacklevel=3,
         )
     return out, report
+
+
+def plan_conversion(
+    config: FamilyConfig,
+    weights: Mapping[str, np.ndarray],
+    to: Layout,
+    dtype: np.dtype | None = None,
+    strict: bool = True,
+) -> tuple[Match, dict[str, Deferred]]:
+    """Every tensor of a checkpoint, renamed and laid out for ``to``, made only when written.
+
+    The graph is the one of the task ``architectures`` names (else ``base``) when it fits the tensors
+    exactly, else the first of the family's tasks that does (a checkpoint saved with more heads than its
+    declared class, as bert-base-uncased is). Each parameter keeps whether the checkpoint nests it under
+    the base-model prefix; tied aliases (``cls.predictions.decoder.weight``) and torch buffers are not
+    written, as HF does not write them. Floating tensors are cast to ``dtype`` when given. With
+    ``strict=False`` the declared task's graph converts what fits and the returned match lists the rest;
+    otherwise anything missing, unexpected or mis-shaped raises :class:`CheckpointError`.
+    """
+    family = family_of(config)
+    architectures = getattr(config, "architectures", None) or []
+    declared = next((task for arch in architectures if (task := family.task_of(arch))), "base")
+    first = match = _match(build_graph(config, declared), family, weights)
+    for task in family.tasks if not first.clean else ():
+        with warnings.catch_warnings():  # a builder's advice about a task we only try for its names
+            warnings.simplefilter("ignore")
+            candidate = _match(build_graph(config, task), family, weights)
+        if candidate.clean:
+            match = candidate
+            break
+    if not match.clean and strict:
+        layout = first.layout
+        missing = [_entry_name(e, layout) for e in first.missing]
+        problems = _problems(first, list(first.left.values()), missing, f"any {family.name} task")
+        raise CheckpointError(
+            f"checkpoint does not fit {family.name} {declared} (nor any other {family.name} task): "
+            + "\n".join(problems)
+        )
+    source = match.layout
+    prefix, sep = match.graph.backbone.path, _SEPARATOR[to]
+    tensors = {}
+    for entry in param_entries(match.graph):
+        name = match.found.get(entry.key)
+        if name is None:
+            continue
+        target = _entry_name(entry, to)
+        if prefix and not match.prefixed:
+            target = _strip(target, prefix, sep)
+        elif not prefix and match.prefixed:
+            target = family.base_prefix + sep + target
+        value = weights[name]
+        out_dtype = np.dtype(dtype if dtype is not None and is_floating(value.dtype) else value.dtype)
+        view = value if source == to else np.transpose(value, _permutation(entry, to))
+        tensors[target] = Deferred(_entry_shape(entry, to), out_dtype, partial(np.asarray, view))
+    return match, tensors
+
+
+def _permutation(entry: ParamEntry, to: Layout) -> tuple[int, ...]:
+    """The axis order that takes ``entry`` to layout ``to`` from the other one: its node's declared rule."""
+    rule = type(entry.node).flax_rules.get(entry.spec.name)
+    if rule is None or rule.permutation is None:
+        return tuple(range(len(entry.spec.shape)))
+    return rule.permutation if to == "flax" else tuple(int(i) for i in np.argsort(rule.permutation))
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -178,16 +361,32 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def save_checkpoint(directory: str | Path, config: FamilyConfig, task: str, weights: Mapping[str, np.ndarray]) -> None:
-    """Write ``config.json`` (with ``architectures``) and ``model.safetensors`` atomically."""
-    from safetensors.numpy import save_file
+def save_checkpoint(
+    directory: str | Path,
+    config: FamilyConfig,
+    task: str,
+    weights: Mapping[str, np.ndarray],
+    format: Format = "safetensors",
+    max_shard_size: int | str | None = None,
+) -> list[str]:
+    """Write ``config.json`` (with ``architectures``) and the weights in ``format`` that HF loads.
 
-    directory = Path(directory)
+    ``weights`` are canonical (torch keys and layout). ``format="msgpack"`` writes the HF Flax params
+    tree. The checkpoint is written into a temporary folder and moved into place when complete; returns the
+    names of the files written.
+    """
     family = family_of(config)
     config_dict: dict[str, Any] = config.to_hf_dict()
     config_dict["architectures"] = [family.architectures[task]]
-    tensors = {k: np.ascontiguousarray(v) for k, v in weights.items()}
-    atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    atomic_write(
-        directory / "config.json", lambda p: p.write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-    )
+    files = {"config.json": (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode()}
+    graph = build_graph(config, task)
+    layout: Layout = "flax" if format == "msgpack" else "torch"
+    tensors: dict[str, np.ndarray | Deferred] = {}
+    for entry in param_entries(graph):
+        value = np.asarray(weights[entry.key])
+        if layout == "torch":
+            tensors[entry.key] = value
+        else:
+            view = np.transpose(value, _permutation(entry, "flax"))
+            tensors["/".join(entry.flax_path)] = Deferred(entry.flax_shape, value.dtype, partial(np.asarray, view))
+    return write_checkpoint(directory, tensors, format, layout, max_shard_size=max_shard_size, files=files)

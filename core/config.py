@@ -102,8 +102,8 @@ class FamilyConfig(BaseModel):
         num_labels = data.pop("num_labels")
         id2label = data.get("id2label")
         if not isinstance(id2label, dict) or len(id2label) != num_labels:
-            data["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
-            data["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+            data["id2label"] = _default_id2label(num_labels)
+            data["label2id"] = {name: int(i) for i, name in data["id2label"].items()}
         data["model_type"] = self.model_type
         return data
 
@@ -112,9 +112,16 @@ class FamilyConfig(BaseModel):
         data = dict(data)
         data.pop("model_type", None)
         id2label = data.get("id2label")
-        if "num_labels" not in data and isinstance(id2label, dict):
-            data["num_labels"] = len(id2label)
+        if isinstance(id2label, dict):
+            data.setdefault("num_labels", len(id2label))
+            if id2label == _default_id2label(len(id2label)):  # HF's placeholder names carry nothing
+                data.pop("id2label")
+                data.pop("label2id", None)
         return cls(**data)
+
+
+def _default_id2label(num_labels: int) -> dict[str, str]:
+    return {str(i): f"LABEL_{i}" for i in range(num_labels)}
 
 
 def read_config_dict(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:

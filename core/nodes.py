@@ -274,6 +274,11 @@ class Attention(Node):
     Scores are ``(Q @ K^T) / score_divisor`` (applied after the product, as HF PyTorch eager). Masked keys
     get ``(1 - m) * fill`` added, where ``fill`` is ``mask_fill`` or, for ``"dtype_min"``, the most
     negative finite value of the computation dtype.
+
+    ``source`` says what the keys and values read: the layer's own input (``"self"``) or the states of a
+    separate encoder (``"encoder"``, cross-attention, masked by the encoder's mask and never causal). With a
+    KV cache, self-attention keys/values are appended step by step while encoder keys/values are computed
+    once per sequence and reused.
     """
 
     kind: Literal["attention"] = "attention"
@@ -288,6 +293,18 @@ class Attention(Node):
     variant: AttentionVariant = FullAttention()
     returns: Literal["probs", "scores"] = "probs"  # what output_attentions reports: softmax or masked scores
     supports_head_mask: bool = True
+    source: Literal["self", "encoder"] = "self"
+
+    @model_validator(mode="after")
+    def _cross_is_full(self) -> Attention:
+        if self.source == "encoder" and (not isinstance(self.variant, FullAttention) or self.variant.causal):
+            raise ValueError("cross-attention (source='encoder') must use non-causal full attention")
+        return self
+
+    @property
+    def causal(self) -> bool:
+        """Whether each position attends only to itself and earlier ones (a decoder's self-attention)."""
+        return isinstance(self.variant, FullAttention) and self.variant.causal
 
 
 class AddNorm(Node):
@@ -306,10 +323,17 @@ class AttentionBlock(Node):
 
 
 class TransformerLayer(Node):
-    """Self-attention block, then the feed-forward ``output(act(intermediate(x)), residual=x)``."""
+    """Self-attention block, an optional cross-attention block, then the feed-forward
+    ``output(act(intermediate(x)), residual=x)``.
+
+    ``crossattention`` (a decoder paired with an encoder) runs on the self-attention output with keys and
+    values from the encoder states, and only in calls that give encoder states (or a cache holding their
+    keys/values), as in HF PyTorch. It receives the same head-mask row as self-attention.
+    """
 
     kind: Literal["layer"] = "layer"
     attention: AttentionBlock
+    crossattention: AttentionBlock | None = None
     intermediate: Projection
     activation: Activation
     output: AddNorm
@@ -331,6 +355,11 @@ class Encoder(Node):
     schedule: list[tuple[int, ...]]
     head_mask_index: list[tuple[int | None, ...]]
     num_head_mask_rows: int
+
+    @property
+    def runs(self) -> list[int]:
+        """The layer index of every layer run, in order (a KV cache holds one entry per run)."""
+        return [index for step in self.schedule for index in step]
 
 
 class Pooler(Node):
@@ -452,13 +481,18 @@ Head = Annotated[LMHead | DenseHead | ClassificationHead | SpanHead, Field(discr
 
 # ------------------------------------------------------------------------------------------ losses
 class CrossEntropyLoss(_Frozen):
-    """Mean cross-entropy of ``logits`` viewed as (-1, classes) against ``labels``, skipping -100."""
+    """Mean cross-entropy of ``logits`` viewed as (-1, classes) against ``labels``, skipping -100.
+
+    ``shift`` (causal language modelling): position ``t`` predicts label ``t + 1``, i.e. ``logits[:, :-1]``
+    against ``labels[:, 1:]``, in float32 as HF PyTorch's causal-LM loss.
+    """
 
     kind: Literal["cross_entropy"] = "cross_entropy"
     logits: str
     labels: str
     ignore_index: int = -100
     optional: bool = False  # added to the loss when its labels are given, never required
+    shift: bool = False
 
 
 class ClassificationLoss(_Frozen):
@@ -498,6 +532,10 @@ class ModelGraph(Node):
     ``expose`` lists the backbone outputs returned to the user (``last_hidden_state``,
     ``pooler_output``); the loss is the sum of ``losses`` and is computed only when every label they read
     is given.
+
+    A graph whose self-attention is causal is a decoder (:attr:`is_decoder`): calls can return a KV cache
+    (``past_key_values``) and continue from one. ``use_cache`` is whether they do when a call does not say
+    (HF's ``config.use_cache``, which HF PyTorch applies to decoders only).
     """
 
     kind: Literal["model"] = "model"
@@ -508,6 +546,23 @@ class ModelGraph(Node):
     losses: list[Loss] = []
     expose: tuple[str, ...] = ()
     multiple_choice: bool = False
+    use_cache: bool = False
+
+    @model_validator(mode="after")
+    def _cache_needs_decoder(self) -> ModelGraph:
+        if self.use_cache and not self.is_decoder:
+            raise ValueError("use_cache=True needs a decoder: this graph's self-attention is not causal")
+        return self
+
+    @property
+    def is_decoder(self) -> bool:
+        """Whether self-attention is causal, so that the model can decode incrementally with a KV cache."""
+        return any(layer.attention.attention.causal for layer in self.backbone.encoder.layers)
+
+    @property
+    def has_cross_attention(self) -> bool:
+        """Whether layers can attend to the states of a separate encoder (``encoder_hidden_states``)."""
+        return any(layer.crossattention is not None for layer in self.backbone.encoder.layers)
 
     def label_names(self) -> tuple[str, ...]:
         """Every label keyword argument the task's losses read."""

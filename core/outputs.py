@@ -15,8 +15,10 @@ FIELDS = (
     "end_logits",
     "last_hidden_state",
     "pooler_output",
+    "past_key_values",
     "hidden_states",
     "attentions",
+    "cross_attentions",
 )
 
 

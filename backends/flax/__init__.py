@@ -11,6 +11,7 @@ import numpy as np
 from ...core.config import FamilyConfig
 from ...core.nodes import ModelGraph
 from ...core.params import from_flax_tree
+from .generation import decoder_session, to_numpy
 from .model import FlaxModel, GraphModule, create_params
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -27,4 +28,4 @@ def export(model: FlaxModel) -> dict[str, np.ndarray]:
     return from_flax_tree(model.graph, host)
 
 
-__all__ = ["FlaxModel", "GraphModule", "create", "export"]
+__all__ = ["FlaxModel", "GraphModule", "create", "decoder_session", "export", "to_numpy"]

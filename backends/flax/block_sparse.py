@@ -1,4 +1,4 @@
-"""Block-sparse attention (BigBird's ITC pattern) in JAX, HF PyTorch's algorithm step for step.
+"""Block-sparse attention (ITC: global, sliding and random blocks) in JAX, HF PyTorch's algorithm step for step.
 
 Same pattern and order of operations as the torch backend (see ``backends/torch/block_sparse.py``); the
 random plan is a host-side numpy constant, so every index here is static under ``jax.jit``.

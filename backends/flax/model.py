@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
@@ -12,9 +13,11 @@ import numpy as np
 
 from ...core import nodes as n
 from ...core.config import FamilyConfig
+from ...core.decoding import check_encoder_inputs, resolve_use_cache
 from ...core.outputs import ModelOutput
 from ...core.params import ParamEntry, param_entries, to_flax_tree
 from . import nodes as ops
+from .cache import FlaxCache
 
 Array = jax.Array
 
@@ -48,14 +51,32 @@ def _init_subtree(key: Array, entries: list[ParamEntry]) -> dict[str, Any]:
     return tree
 
 
+@dataclass
+class Decoding:
+    """A decoder call's extra inputs: encoder states for cross-attention, the fixed-size cache to continue
+    from, and whether to return a cache (a fresh one has ``cache_length`` slots)."""
+
+    encoder_states: Array | None = None
+    encoder_mask: Array | None = None
+    cache: FlaxCache | None = None
+    use_cache: bool = False
+    cache_length: int = 0
+
+
 def run_graph(
     graph: n.ModelGraph,
     ctx: ops.Context,
     inputs: Mapping[str, Array | None],
     head_mask: Array | None,
     question_lengths: Array | None = None,
+    decoding: Decoding | None = None,
 ) -> dict[str, Any]:
-    """The forward pass of a whole graph: backbone, heads, exposed outputs (no loss)."""
+    """The forward pass of a whole graph: backbone, heads, exposed outputs (no loss).
+
+    With ``decoding.cache`` the attention mask covers the cache's ``max_length`` slots and default positions
+    continue from the cached length (HF PyTorch's rule)."""
+    decoding = decoding or Decoding()
+    cache = decoding.cache
     backbone = graph.backbone
     ids, embeds = inputs["input_ids"], inputs["inputs_embeds"]
     batch, length = ids.shape if ids is not None else embeds.shape[:2]
@@ -66,7 +87,7 @@ def run_graph(
     position_ids = inputs["position_ids"]
     logits_mask = _question_mask(graph, ids, question_lengths, length)
     if token_type_ids is None:
-        # A masked span head makes everything after the question segment 1 (HF's BigBird QA).
+        # A masked span head makes everything after the question segment 1 (as HF does for question answering).
         token_type_ids = jnp.zeros((batch, length), jnp.int32) if logits_mask is None else 1 - logits_mask
     if logits_mask is not None:
         logits_mask = logits_mask.at[:, 0].set(0)
@@ -90,12 +111,24 @@ def run_graph(
                 positions = jnp.broadcast_to(jnp.arange(pad, dtype=jnp.int32)[None], (batch, pad))
                 pad_rows = ops.embeddings(emb, emb_path, pad_ids, jnp.zeros_like(pad_ids), positions, None, ctx)
                 embeds = jnp.concatenate([ctx.cast(embeds), pad_rows], axis=1)
-    full_length = mask.shape[1]
+    full_length = (ids if ids is not None else embeds).shape[1]
     if position_ids is None:
-        position_ids = jnp.broadcast_to(jnp.arange(full_length, dtype=jnp.int32)[None], (batch, full_length))
+        start = 0 if cache is None else cache.length
+        position_ids = jnp.broadcast_to(jnp.arange(full_length, dtype=jnp.int32)[None] + start, (batch, full_length))
     x = ops.embeddings(emb, emb_path, ids, token_type_ids, position_ids, embeds, ctx)
     enc = backbone.encoder
-    x, hidden_states, attentions = ops.encoder(enc, n.join(path, enc.path), x, mask, head_mask, ctx)
+    encoded = ops.encoder(
+        enc,
+        n.join(path, enc.path),
+        x,
+        mask,
+        head_mask,
+        ctx,
+        _cross_inputs(decoding),
+        None if cache is None else cache.layers,
+        None if cache is None else cache.length,
+    )
+    x = encoded.hidden
     pooled = None
     if backbone.pooler is not None:
         pooled = ops.pooler(backbone.pooler, n.join(path, backbone.pooler.path), x, ctx)
@@ -118,16 +151,43 @@ def run_graph(
             out[head.output] = logits
         else:
             for name, part in zip(head.split, jnp.split(logits, len(head.split), axis=-1), strict=True):
-                out[name] = jnp.squeeze(part, -1)
+                out[name] = part[..., 0]
     if "last_hidden_state" in graph.expose:
         out["last_hidden_state"] = x
     if "pooler_output" in graph.expose and pooled is not None:
         out["pooler_output"] = pooled
+    if decoding.use_cache:
+        out["past_key_values"] = _updated_cache(encoded.cache, cache, full_length, decoding.cache_length)
     if ctx.output_hidden_states:
-        out["hidden_states"] = tuple(hidden_states)
+        out["hidden_states"] = tuple(encoded.hidden_states)
     if ctx.output_attentions:
-        out["attentions"] = tuple(attentions)
+        out["attentions"] = tuple(encoded.attentions)
+        if encoded.cross_attentions:
+            out["cross_attentions"] = tuple(encoded.cross_attentions)
     return out
+
+
+def _cross_inputs(decoding: Decoding) -> ops.CrossInputs | None:
+    """The encoder inputs of a call; with cross keys/values in the cache, the states are not needed."""
+    cache = decoding.cache
+    cached = cache is not None and len(cache.layers[0]) == 4
+    states = decoding.encoder_states
+    if states is None and not cached:
+        return None
+    mask = decoding.encoder_mask
+    if mask is None:
+        reference = states if states is not None else cache.layers[0][2]
+        mask = jnp.ones((reference.shape[0], reference.shape[-2]), jnp.int32)
+    return ops.CrossInputs(states=None if cached else states, mask=mask)
+
+
+def _updated_cache(entries: list[ops.CacheEntry], cache: FlaxCache | None, length: int, cache_length: int) -> FlaxCache:
+    """The cache after this call: the written entries, or a fresh ``cache_length``-slot cache holding them."""
+    if cache is not None:
+        return FlaxCache(layers=tuple(entries), length=cache.length + length)
+    pad = ((0, 0), (0, 0), (0, cache_length - length), (0, 0))
+    layers = tuple((jnp.pad(e[0], pad), jnp.pad(e[1], pad), *e[2:]) for e in entries)
+    return FlaxCache(layers=layers, length=jnp.asarray(length, jnp.int32))
 
 
 def _question_mask(graph: n.ModelGraph, ids: Array | None, question_lengths: Array | None, length: int) -> Array | None:
@@ -145,7 +205,7 @@ def _question_mask(graph: n.ModelGraph, ids: Array | None, question_lengths: Arr
 
 class GraphModule(nn.Module):
     """A linen module computing a graph. Its params are declared per top-level HF name, each a nested
-    dict, so ``init`` returns exactly HF Flax's tree (``bert/encoder/layer/0/attention/self/query/kernel``).
+    dict, so ``init`` returns exactly HF Flax's tree (``<prefix>/encoder/layer/0/attention/self/query/kernel``).
     Dropout draws from the ``dropout`` RNG stream when ``deterministic=False``.
     """
 
@@ -162,6 +222,7 @@ class GraphModule(nn.Module):
         output_hidden_states: bool = False,
         question_lengths: Array | None = None,
         block_sparse_seed: int = 0,
+        decoding: Decoding | None = None,
     ) -> dict[str, Any]:
         groups: dict[str, list[ParamEntry]] = {}
         for entry in param_entries(self.graph):
@@ -176,7 +237,7 @@ class GraphModule(nn.Module):
             dropout_rng=None if deterministic else self.make_rng("dropout"),
             block_sparse_seed=block_sparse_seed,
         )
-        return run_graph(self.graph, ctx, inputs, head_mask, question_lengths)
+        return run_graph(self.graph, ctx, inputs, head_mask, question_lengths, decoding)
 
 
 class FlaxModel:
@@ -185,8 +246,11 @@ class FlaxModel:
     Calling it runs a ``jax.jit``-compiled forward (compiled once per input shape and flag set) on
     ``self.params``; :meth:`apply` is the same computation on explicit params, for ``jax.grad``.
 
+    Decoders keep a fixed-size :class:`FlaxCache`, so every one-token decode step has the same shapes and
+    runs one compiled program (see :meth:`apply` for the cache arguments).
+
     Example:
-        >>> model = tandem.build(tandem.BertConfig(num_hidden_layers=2), task="masked_lm", backend="flax")
+        >>> model = tandem.build(config, task="masked_lm", backend="flax")
         >>> model(input_ids=np.array([[101, 2023, 102]])).logits.shape
         (1, 3, 30522)
     """
@@ -199,7 +263,18 @@ class FlaxModel:
         self.config = config
         self._jitted = jax.jit(
             self._apply_arrays,
-            static_argnames=("train", "output_attentions", "output_hidden_states", "block_sparse_seed"),
+            static_argnames=(
+                "train",
+                "output_attentions",
+                "output_hidden_states",
+                "block_sparse_seed",
+                "use_cache",
+                "cache_length",
+            ),
+        )
+        # Generation steps: the cache is donated, so each step updates it in place instead of copying it.
+        self._jitted_step = jax.jit(
+            self._step, static_argnames=("use_cache", "cache_length"), donate_argnames=("cache",)
         )
 
     @property
@@ -218,6 +293,11 @@ class FlaxModel:
         position_ids: Any = None,
         head_mask: Any = None,
         inputs_embeds: Any = None,
+        encoder_hidden_states: Any = None,
+        encoder_attention_mask: Any = None,
+        past_key_values: FlaxCache | None = None,
+        use_cache: bool | None = None,
+        cache_length: int | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         train: bool = False,
@@ -226,7 +306,8 @@ class FlaxModel:
         **labels: Any,
     ) -> ModelOutput:
         """Run the jitted model. ``train=True`` enables dropout and needs ``dropout_rng``;
-        ``block_sparse_seed`` seeds block-sparse random blocks in training (same blocks as torch)."""
+        ``block_sparse_seed`` seeds block-sparse random blocks in training (same blocks as torch). The
+        decoder arguments are described in :meth:`apply`."""
         return self.apply(
             self.params,
             input_ids=input_ids,
@@ -235,6 +316,11 @@ class FlaxModel:
             position_ids=position_ids,
             head_mask=head_mask,
             inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            cache_length=cache_length,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             train=train,
@@ -253,6 +339,11 @@ class FlaxModel:
         position_ids: Any = None,
         head_mask: Any = None,
         inputs_embeds: Any = None,
+        encoder_hidden_states: Any = None,
+        encoder_attention_mask: Any = None,
+        past_key_values: FlaxCache | None = None,
+        use_cache: bool | None = None,
+        cache_length: int | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         train: bool = False,
@@ -262,7 +353,20 @@ class FlaxModel:
         **labels: Any,
     ) -> ModelOutput:
         """The forward pass on explicit ``params`` (differentiable; traced, not jitted, unless called
-        through ``__call__``)."""
+        through ``__call__``).
+
+        Decoders (causal self-attention) also take, as HF PyTorch's:
+
+        - ``encoder_hidden_states`` (B, Se, H) and ``encoder_attention_mask`` (B, Se) for cross-attention;
+        - ``use_cache``: return ``past_key_values``, a :class:`FlaxCache` (unset: the config's ``use_cache``,
+          off when labels are given). A cache started by this call has ``cache_length`` slots (default: the
+          position table size, the longest sequence the model can take); it is fixed, so later steps
+          reuse one compiled program;
+        - ``past_key_values``: continue from such a cache. ``attention_mask`` covers the cached and new
+          positions, (B, cached + S) as in torch, or the whole cache (B, max_length); positions default to
+          ``cached .. cached + S - 1``; cached cross-attention keys/values are reused. Attention maps then
+          span the cache's ``max_length`` slots (unwritten ones have probability 0).
+        """
         graph = self.graph
         accepted = graph.label_names() + graph.extra_inputs()
         unknown = sorted(set(labels) - set(accepted))
@@ -275,6 +379,25 @@ class FlaxModel:
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         if train and dropout_rng is None:
             raise ValueError("train=True needs dropout_rng=jax.random.key(...)")
+        use_cache = resolve_use_cache(graph, use_cache, past_key_values is not None, bool(labels))
+        cache = _check_cache(graph.backbone.encoder, past_key_values)
+        check_encoder_inputs(
+            graph,
+            encoder_hidden_states is not None,
+            encoder_attention_mask is not None,
+            cached=cache is not None and len(cache.layers[0]) == 4,
+        )
+        reference = input_ids if input_ids is not None else inputs_embeds
+        batch, length = np.shape(reference)[0], np.shape(reference)[1]
+        if cache is not None:
+            attention_mask = _cache_window_mask(attention_mask, batch, int(cache.length), length, cache.max_length)
+            cache_length = 0
+        elif use_cache:
+            cache_length = cache_length or graph.backbone.embeddings.position.num_embeddings
+            if length > cache_length:
+                raise ValueError(f"cache_length={cache_length} cannot hold the {length} positions of this call")
+        else:
+            cache_length = 0
         arrays = {
             "input_ids": _ints(input_ids),
             "attention_mask": None if attention_mask is None else jnp.asarray(attention_mask),
@@ -282,6 +405,8 @@ class FlaxModel:
             "position_ids": _ints(position_ids),
             "inputs_embeds": None if inputs_embeds is None else jnp.asarray(inputs_embeds),
             "head_mask": None if head_mask is None else jnp.asarray(head_mask),
+            "encoder_hidden_states": None if encoder_hidden_states is None else jnp.asarray(encoder_hidden_states),
+            "encoder_attention_mask": _ints(encoder_attention_mask),
             **extras,
         }
         label_arrays = {k: jnp.asarray(v) for k, v in labels.items()}
@@ -291,10 +416,13 @@ class FlaxModel:
             arrays,
             label_arrays,
             dropout_rng,
+            cache,
             train=train,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             block_sparse_seed=block_sparse_seed,
+            use_cache=use_cache,
+            cache_length=cache_length,
         )
         result = ModelOutput()
         if "loss" in out:
@@ -308,15 +436,25 @@ class FlaxModel:
         arrays: dict[str, Array | None],
         labels: dict[str, Array],
         dropout_rng: Array | None,
+        cache: FlaxCache | None,
         train: bool,
         output_attentions: bool,
         output_hidden_states: bool,
         block_sparse_seed: int,
+        use_cache: bool = False,
+        cache_length: int = 0,
     ) -> dict[str, Any]:
         graph = self.graph
         inputs = dict(arrays)
         head_mask = inputs.pop("head_mask")
         question_lengths = inputs.pop("question_lengths", None)
+        decoding = Decoding(
+            encoder_states=inputs.pop("encoder_hidden_states", None),
+            encoder_mask=inputs.pop("encoder_attention_mask", None),
+            cache=cache,
+            use_cache=use_cache,
+            cache_length=cache_length,
+        )
         num_choices = None
         if graph.multiple_choice:
             reference = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"][..., 0]
@@ -333,6 +471,7 @@ class FlaxModel:
             output_hidden_states=output_hidden_states,
             question_lengths=question_lengths,
             block_sparse_seed=block_sparse_seed,
+            decoding=decoding,
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
         )
         if num_choices is not None:
@@ -341,6 +480,68 @@ class FlaxModel:
         if terms:
             out["loss"] = sum(ops.loss(term, out, labels) for term in terms)
         return out
+
+    def _step(
+        self,
+        params: Mapping[str, Any],
+        arrays: dict[str, Array | None],
+        cache: FlaxCache | None,
+        column: Array,
+        use_cache: bool,
+        cache_length: int,
+    ) -> tuple[Array, FlaxCache | None]:
+        """One generation call: the logits at ``column`` (B, V) and the updated cache (see ``generate``)."""
+        out = self._apply_arrays(
+            params,
+            arrays,
+            {},
+            None,
+            cache,
+            train=False,
+            output_attentions=False,
+            output_hidden_states=False,
+            block_sparse_seed=0,
+            use_cache=use_cache,
+            cache_length=cache_length,
+        )
+        logits = jax.lax.dynamic_index_in_dim(out["logits"], column, axis=1, keepdims=False)
+        return logits, out.get("past_key_values")
+
+
+def _check_cache(encoder: n.Encoder, cache: Any) -> FlaxCache | None:
+    """``cache`` when it fits the model, else a clear error."""
+    if cache is None:
+        return None
+    runs = len(encoder.runs)
+    if not isinstance(cache, FlaxCache) or len(cache.layers) != runs:
+        got = f"a FlaxCache of {len(cache.layers)} entries" if isinstance(cache, FlaxCache) else type(cache).__name__
+        raise ValueError(
+            f"past_key_values must be a FlaxCache with {runs} entries (one per layer run), as returned by a call "
+            f"with use_cache=True; got {got} (convert a torch cache with tandem.convert_cache)"
+        )
+    return cache
+
+
+def _cache_window_mask(mask: Any, batch: int, filled: int, length: int, max_length: int) -> Array:
+    """The (B, max_length) mask of a cached call: given for the ``filled + length`` positions (as torch
+    takes it; padded with zeros) or for the whole window; default ones on those positions."""
+    if filled + length > max_length:
+        raise ValueError(
+            f"the flax KV cache holds max_length={max_length} positions: {filled} are filled and {length} more "
+            "do not fit; start the cache with a larger cache_length (or generate with fewer new tokens)"
+        )
+    if mask is None:
+        row = (np.arange(max_length) < filled + length).astype(np.int32)
+        return jnp.asarray(np.broadcast_to(row, (batch, max_length)))
+    mask = jnp.asarray(mask).astype(jnp.int32)
+    if mask.shape[-1] == filled + length:
+        return jnp.pad(mask, ((0, 0), (0, max_length - filled - length)))
+    if mask.shape[-1] != max_length:
+        raise ValueError(
+            f"attention_mask must cover the {filled} cached and {length} new positions (length {filled + length}) "
+            f"or the cache's {max_length} slots, got shape {tuple(mask.shape)}"
+        )
+    return mask
 
 
 def _ints(value: Any) -> Array | None:

@@ -128,7 +128,11 @@ def embeddings(
     ctx: Context,
 ) -> Array:
     def lookup(table: n.Embed, ids: Array) -> Array:
-        return ctx.cast(jnp.take(ctx.get(n.join(path, table.path))["embedding"], ids, axis=0))
+        out = ctx.cast(jnp.take(ctx.get(n.join(path, table.path))["embedding"], ids, axis=0))
+        if table.padding_idx is None:
+            return out
+        # The padding row gets no gradient from lookups, as HF PyTorch's nn.Embedding(padding_idx).
+        return jnp.where((ids == table.padding_idx)[..., None], jax.lax.stop_gradient(out), out)
 
     word = ctx.cast(inputs_embeds) if inputs_embeds is not None else lookup(node.word, input_ids)
     if node.word_scale is not None:
@@ -415,11 +419,12 @@ def lm_head(node: n.LMHead, path: str, x: Array, ctx: Context) -> Array:
     x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), x, ctx))
     x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
     decoder = node.decoder
-    if decoder.tied_to is not None:
-        kernel = ctx.get(decoder.tied_to)["embedding"].T  # (H, V)
-    else:
-        kernel = ctx.get(n.join(path, decoder.path))["kernel"]
-    return jnp.matmul(x, ctx.cast(kernel)) + ctx.cast(ctx.get(path)["bias"])
+    bias = ctx.cast(ctx.get(path)["bias"])
+    if decoder.tied_to is None:
+        return jnp.matmul(x, ctx.cast(ctx.get(n.join(path, decoder.path))["kernel"])) + bias
+    # Tied: contract with the (V, H) embedding directly; a transposed view would make XLA copy the table.
+    embedding = ctx.cast(ctx.get(decoder.tied_to)["embedding"])
+    return jnp.einsum("...h,vh->...v", x, embedding) + bias
 
 
 def dense_head(node: n.DenseHead, path: str, x: Array, ctx: Context) -> Array:
@@ -469,7 +474,7 @@ def loss(term: n.Loss, outputs: Mapping[str, Array], labels: Mapping[str, Array]
         if problem == "regression":
             target = target.astype(jnp.float32)
             if term.num_labels == 1:
-                return jnp.mean((jnp.squeeze(logits) - jnp.squeeze(target)) ** 2)
+                return jnp.mean((logits.reshape(-1) - target.reshape(-1)) ** 2)
             return jnp.mean((logits - target) ** 2)
         if problem == "single_label_classification":
             return _cross_entropy(logits, target.astype(jnp.int32), -100)
@@ -483,7 +488,7 @@ def loss(term: n.Loss, outputs: Mapping[str, Array], labels: Mapping[str, Array]
         for logits, key in ((start, term.start_positions), (end, term.end_positions)):
             positions = labels[key]
             if positions.ndim > 1:
-                positions = jnp.squeeze(positions, -1)
+                positions = positions.reshape(-1)
             total.append(_cross_entropy(logits, jnp.clip(positions, 0, ignored), ignored))
         return (total[0] + total[1]) / 2
     raise ValueError(f"unknown loss kind {term.kind!r}")

@@ -10,6 +10,7 @@ import torch
 from ...core.config import FamilyConfig
 from ...core.nodes import ModelGraph
 from ...core.params import param_entries
+from .generation import decoder_session, to_numpy
 from .model import TorchModel
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,4 +35,4 @@ def export(model: TorchModel) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["TorchModel", "create", "export"]
+__all__ = ["TorchModel", "create", "decoder_session", "export", "to_numpy"]

@@ -1,4 +1,4 @@
-"""Block-sparse attention (BigBird's ITC pattern) in torch, HF PyTorch's algorithm step for step.
+"""Block-sparse attention (ITC: global, sliding and random blocks) in torch, HF PyTorch's algorithm step by step.
 
 Queries are split into ``nb`` blocks: blocks 0 and nb-1 attend every key; block 1 and nb-2 attend four
 fixed blocks plus their random blocks; middle blocks attend a three-block sliding window, the two global
@@ -85,8 +85,8 @@ def block_sparse_attention(
     first_band = torch.einsum("bhlqd,bhkd->bhlqk", mq, bk[:, :, 0]) * scale
     last_band = torch.einsum("bhlqd,bhkd->bhlqk", mq, bk[:, :, -1]) * scale
     inner = inner + (1.0 - band_mask) * penalty
-    first_band = first_band + (1.0 - to_mask[..., :bs].unsqueeze(3)) * penalty
-    last_band = last_band + (1.0 - to_mask[..., -bs:].unsqueeze(3)) * penalty
+    first_band = first_band + (1.0 - to_mask[..., :bs][:, :, :, None]) * penalty
+    last_band = last_band + (1.0 - to_mask[..., -bs:][:, :, :, None]) * penalty
     rand_band = rand_band + (1.0 - rand_mask[:, :, 1:-1]) * penalty
     w_mid = torch.softmax(torch.cat([first_band, inner, rand_band, last_band], dim=-1), dim=-1)
     c_mid = torch.matmul(w_mid[..., bs : 4 * bs], band_v)

@@ -38,7 +38,7 @@ class TorchModel(nn.Module):
     :func:`tandem.from_pretrained` return it in eval mode, as HF does.
 
     Example:
-        >>> model = tandem.build(tandem.BertConfig(num_hidden_layers=2), task="masked_lm", backend="torch")
+        >>> model = tandem.build(config, task="masked_lm", backend="torch")
         >>> out = model(input_ids=torch.tensor([[101, 2023, 102]]))
         >>> out.logits.shape
         torch.Size([1, 3, 30522])
@@ -171,7 +171,7 @@ class TorchModel(nn.Module):
         position_ids = inputs["position_ids"]
         logits_mask = _question_mask(graph, ids, extras.get("question_lengths"), length)
         if token_type_ids is None:
-            # A masked span head makes everything after the question segment 1 (HF's BigBird QA).
+            # A masked span head makes everything after the question segment 1 (as HF does for question answering).
             token_type_ids = (
                 torch.zeros(batch, length, dtype=torch.long, device=device) if logits_mask is None else 1 - logits_mask
             )
@@ -234,7 +234,7 @@ class TorchModel(nn.Module):
                 out[head.output] = logits
             else:
                 for name, part in zip(head.split, logits.split(1, dim=-1), strict=True):
-                    out[name] = part.squeeze(-1).contiguous()
+                    out[name] = part[..., 0].contiguous()
         if "last_hidden_state" in graph.expose:
             out["last_hidden_state"] = x
         if "pooler_output" in graph.expose and pooled is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +53,17 @@ class Context:
     output_hidden_states: bool
     block_sparse: bool = False  # this call runs block-sparse layers (decided by the backbone's policy)
     block_sparse_seed: int = 0  # seeds the random-block plan in training
+    _biases: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
 
     def get(self, path: str, name: str) -> Tensor:
         return self.params[n.join(path, name)]
+
+    def mask_bias(self, node: n.Attention, mask: Tensor, query_len: int, dtype: torch.dtype) -> Tensor:
+        """:func:`mask_bias`, built once per call for each mask and attention kind (the layers share it)."""
+        key = (id(mask), query_len, dtype, node.causal, node.mask_fill)
+        if key not in self._biases:
+            self._biases[key] = mask_bias(node, mask, query_len, dtype)
+        return self._biases[key]
 
     def maybe(self, path: str, name: str) -> Tensor | None:
         return self.params.get(n.join(path, name))
@@ -102,7 +111,8 @@ def embeddings(
 ) -> Tensor:
     word = inputs_embeds
     if word is None:
-        word = F.embedding(input_ids, ctx.get(n.join(path, node.word.path), "weight"))
+        # padding_idx: the padding row gets no gradient from lookups (HF PyTorch's nn.Embedding).
+        word = F.embedding(input_ids, ctx.get(n.join(path, node.word.path), "weight"), node.word.padding_idx)
     if node.word_scale is not None:
         word = word * node.word_scale
     terms = {
@@ -121,7 +131,7 @@ def embeddings(
 def mask_bias(node: n.Attention, mask: Tensor, query_len: int, dtype: torch.dtype) -> Tensor:
     """Additive bias (B, 1, 1|Sq, Sk) from a (B, Sk) 0/1 mask: ``(1 - m) * fill`` as HF PyTorch."""
     m = mask[:, None, None, :].to(dtype)  # (B, 1, 1, Sk)
-    if node.variant.causal:
+    if node.causal:
         key_len = mask.shape[-1]
         past = key_len - query_len
         rows = torch.arange(query_len, device=mask.device)[:, None] + past
@@ -166,10 +176,13 @@ def attention(
             q, k, v, mask, plan, variant.block_size, 1.0 / node.score_divisor, variant.penalty, ctx.output_attentions
         )
         return context.transpose(1, 2).reshape(b, s, h * d), probs
-    bias = mask_bias(node, mask, s, q.dtype)
+    bias = ctx.mask_bias(node, mask, s, q.dtype)
     p_drop = node.dropout if ctx.training else 0.0
-    if not ctx.output_attentions and head_mask is None:
-        # Fused kernel; equal to the eager path below up to float rounding.
+    # The fused kernel equals the eager formula up to float rounding, but its backward is wrong for rows whose
+    # keys are all masked (every score at the fill value: HF's uniform softmax), which left padding makes in
+    # causal layers; so it runs only when no gradient is recorded.
+    recording = torch.is_grad_enabled() and q.requires_grad
+    if not ctx.output_attentions and head_mask is None and not recording:
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=p_drop, scale=1.0 / node.score_divisor
         )
@@ -351,7 +364,7 @@ def loss(term: n.Loss, outputs: dict[str, Tensor], labels: dict[str, Tensor]) ->
                 problem = "multi_label_classification"
         if problem == "regression":
             if term.num_labels == 1:
-                return F.mse_loss(logits.squeeze().float(), target.squeeze().to(torch.float32))
+                return F.mse_loss(logits.reshape(-1).float(), target.reshape(-1).to(torch.float32))
             return F.mse_loss(logits.float(), target.to(torch.float32))
         if problem == "single_label_classification":
             return _cross_entropy(logits, target.long(), -100)
@@ -363,7 +376,7 @@ def loss(term: n.Loss, outputs: dict[str, Tensor], labels: dict[str, Tensor]) ->
         for logits, key in ((start, term.start_positions), (end, term.end_positions)):
             positions = labels[key]
             if positions.dim() > 1:
-                positions = positions.squeeze(-1)
+                positions = positions.reshape(-1)
             total.append(_cross_entropy(logits, positions.clamp(0, ignored), ignored))
         return (total[0] + total[1]) / 2
     raise ValueError(f"unknown loss kind {term.kind!r}")

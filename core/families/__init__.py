@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ class Family:
     build: Callable[[Any, str], ModelGraph]
     architectures: dict[str, str]  # task -> HF PyTorch class name
     base_prefix: str  # the prefix head models nest the base under
+    other_architectures: dict[str, str] = field(default_factory=dict)  # HF class name -> task, beyond "Flax" + name
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -28,6 +29,8 @@ class Family:
 
     def task_of(self, architecture: str) -> str | None:
         """The task of an HF class name (PyTorch or Flax), or None when unknown."""
+        if architecture in self.other_architectures:
+            return self.other_architectures[architecture]
         name = architecture.removeprefix("Flax")
         for task, arch in self.architectures.items():
             if arch == name:
@@ -36,7 +39,7 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "bert": Family("bert", bert.BertConfig, bert.build_bert, bert.ARCHITECTURES, "bert"),
+    "bert": Family("bert", bert.BertConfig, bert.build_bert, bert.ARCHITECTURES, "bert", bert.OTHER_ARCHITECTURES),
     "albert": Family("albert", albert.AlbertConfig, albert.build_albert, albert.ARCHITECTURES, "albert"),
     "big_bird": Family("big_bird", big_bird.BigBirdConfig, big_bird.build_big_bird, big_bird.ARCHITECTURES, "bert"),
     "squeezebert": Family(

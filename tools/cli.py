@@ -1,0 +1,158 @@
+"""The ``tandem`` command: ``parity``, ``inspect``, ``bench`` and ``convert``.
+
+Exit codes: 0 success, 1 the backends (or the HF reference) disagree beyond the tolerance, 2 bad input
+(a missing path, an invalid config, an unknown task, a missing framework).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from .. import build_graph, config_from_hf, summary
+from ..core import FAMILIES, Family
+from ..core.checkpoint import CheckpointError, task_for_checkpoint
+from ..core.params import count_params
+
+USAGE_ERRORS = (OSError, ValueError, ImportError, CheckpointError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    parity = commands.add_parser(
+        "parity",
+        help="compare the torch and flax backends (and HF PyTorch) on the same weights and batch",
+        description="Without PATH: every family and task at a small size with random weights. With PATH: an HF "
+        "checkpoint directory. Exits 1 when any max |diff| exceeds --tol.",
+    )
+    parity.add_argument("path", nargs="?", help="HF checkpoint directory (config.json + model.safetensors)")
+    parity.add_argument(
+        "--task", help="with PATH: the task to load it as (default: from its architectures); without: only this task"
+    )
+    parity.add_argument("--family", choices=sorted(FAMILIES), help="without PATH: only this family")
+    parity.add_argument("--tol", type=float, help="largest allowed max |diff| (default 1e-5)")
+    parity.add_argument("--batch", type=int, default=2, help="rows of the generated batch (default 2)")
+    parity.add_argument("--length", type=int, default=16, help="length of the generated batch (default 16)")
+    parity.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch (default 0)")
+    parity.add_argument("--inputs", help="with PATH: an .npz of input_ids [attention_mask, token_type_ids...]")
+    parity.add_argument("--no-reference", action="store_true", help="skip the HF transformers reference")
+    parity.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
+
+    inspect = commands.add_parser("inspect", help="print a config, its layer graph and parameter counts")
+    inspect.add_argument("path", help="HF checkpoint directory or config.json")
+    inspect.add_argument("--task", help="task to build (default: from the config's architectures, else base)")
+
+    bench = commands.add_parser("bench", help="bert-base forward: ours vs HF transformers, both backends")
+    from .bench import add_arguments
+
+    add_arguments(bench)
+
+    convert = commands.add_parser("convert", help="convert an HF checkpoint for torch or flax, tensor by tensor")
+    from .convert import add_arguments as add_convert_arguments
+
+    add_convert_arguments(convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tandem`` command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    prog = f"tandem {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_: print(f"{prog}: warning: {message}", file=sys.stderr)
+        try:
+            if args.command == "parity":
+                return _parity(args)
+            if args.command == "inspect":
+                return _inspect(args)
+            if args.command == "convert":
+                from .convert import run as convert
+
+                return convert(args)
+            from .bench import run
+
+            return run(args)
+        except BrokenPipeError:  # output piped into `head` and the like: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except USAGE_ERRORS as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 2
+
+
+def _require_backends() -> None:
+    """Both frameworks, or an ImportError naming the extra to install."""
+    from ..backends import load_backend
+
+    load_backend("torch")
+    load_backend("flax")
+
+
+def _parity(args: argparse.Namespace) -> int:
+    _require_backends()
+    from . import parity
+
+    if args.batch < 1 or args.length < 2:
+        raise ValueError(f"need --batch >= 1 and --length >= 2, got {args.batch} and {args.length}")
+    if args.path is None and args.inputs:
+        raise ValueError("--inputs needs a checkpoint PATH")
+    if args.path is not None and args.family:
+        raise ValueError("--family applies without PATH only")
+    tol = parity.TOLERANCE if args.tol is None else args.tol
+    with_reference = not args.no_reference and parity.reference_version() is not None
+    results = []
+    with parity.strict_numerics():
+        if args.path is None:
+            for family, task in _small_models(args.family, args.task):
+                try:
+                    result = parity.small_parity(family, task, args.seed, tol, with_reference, args.batch, args.length)
+                except Exception as err:  # one broken model is a FAIL row; the others still run
+                    result = parity.failed(family.name, task, tol, err)
+                results.append(result)
+                if not args.json:
+                    print(f"{family.name} {task}: {'ok' if result.ok else 'FAIL'}", file=sys.stderr)
+        else:
+            batch = parity.load_batch(args.inputs) if args.inputs else None
+            results.append(
+                parity.checkpoint_parity(
+                    args.path, args.task, batch, args.batch, args.length, args.seed, tol, with_reference
+                )
+            )
+    reference = f"transformers {parity.reference_version()}" if with_reference else None
+    if args.json:
+        print(json.dumps(parity.json_report(results, reference), indent=2))
+    else:
+        print(parity.format_table(results, reference))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _small_models(family: str | None, task: str | None) -> list[tuple[Family, str]]:
+    """Every (family, task) pair, or those of ``family`` / named ``task``; an error when none is left."""
+    families = [FAMILIES[family]] if family else list(FAMILIES.values())
+    models = [(f, t) for f in families for t in f.tasks if task in (None, t)]
+    if not models:
+        raise ValueError(f"no task {task!r} in {', '.join(f.name for f in families)}")
+    return models
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    config = config_from_hf(args.path)
+    task = args.task or task_for_checkpoint(config) or "base"
+    graph = build_graph(config, task)
+    print(f"config ({config.model_type}):")
+    print(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
+    print(f"\ngraph ({graph.family} {graph.task}):")
+    print(summary(graph))
+    print("\nparameters:")
+    backbone = graph.backbone
+    parts = [(backbone.path or "(base)", backbone), *[(f"head {h.output}", h) for h in graph.heads]]
+    for label, node in parts:
+        print(f"  {label:<32} {count_params(node):>14,}")
+    print(f"  {'total':<32} {count_params(graph):>14,}")
+    return 0
