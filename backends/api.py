@@ -8,6 +8,7 @@ from typing import Any, Literal
 from ..core.checkpoint import match_weights, read_weights, save_checkpoint, task_for_checkpoint
 from ..core.config import FamilyConfig
 from ..core.families import build_graph, config_from_hf
+from ..core.formats import Format
 from ..core.params import init_params
 from . import load_backend
 
@@ -45,7 +46,9 @@ def from_pretrained(
     dtype: DType = "float32",
     strict: bool = True,
 ) -> Any:
-    """Load an HF checkpoint directory (``config.json`` + ``model.safetensors``) into ``backend``.
+    """Load an HF checkpoint directory into ``backend``: ``config.json`` plus weights in any HF format
+    (``model.safetensors``, ``pytorch_model.bin`` read without unpickling code, ``flax_model.msgpack``;
+    single or sharded). Old TF-era LayerNorm names (``gamma``/``beta``) are accepted.
 
     ``task`` defaults to the one named by the config's ``architectures`` (``<Family>ForMaskedLM`` ->
     ``masked_lm``), else ``base``. Base weights load into head models and head checkpoints into base
@@ -63,14 +66,18 @@ def from_pretrained(
     return adapter.create(graph, config, weights, dtype)
 
 
-def save_pretrained(model: Any, path: str | Path) -> None:
-    """Write ``config.json`` (with ``architectures``) and ``model.safetensors`` that HF loads.
+def save_pretrained(
+    model: Any, path: str | Path, format: Format = "safetensors", max_shard_size: int | str | None = None
+) -> None:
+    """Write ``config.json`` (with ``architectures``) and the weights that HF loads.
 
-    Each file is written to a temporary name and renamed into place, so a failure never leaves a
-    half-written checkpoint.
+    ``format``: ``"safetensors"`` (``model.safetensors``, HF PyTorch), ``"bin"`` (``pytorch_model.bin``) or
+    ``"msgpack"`` (``flax_model.msgpack``, HF Flax); ``max_shard_size`` (e.g. ``"200MB"``) shards with an
+    index as HF does. The checkpoint is written into a temporary folder and moved into place when complete,
+    so a failure never leaves a half-written checkpoint.
     """
     graph = getattr(model, "graph", None)
     if graph is None:
         raise TypeError(f"save_pretrained expects a tandem model, got {type(model).__name__}")
     weights = load_backend(model.backend).export(model)
-    save_checkpoint(path, model.config, graph.task, weights)
+    save_checkpoint(path, model.config, graph.task, weights, format=format, max_shard_size=max_shard_size)
