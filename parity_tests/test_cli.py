@@ -9,24 +9,18 @@ import numpy as np
 import pytest
 
 import tandem
+from tandem.core import FAMILIES
 from tandem.core.params import count_params
 from tandem.tools import parity
 from tandem.tools.cli import main
 
-SMALL = {
-    "vocab_size": 99,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}
+SMALL = parity.small_config(FAMILIES["bert"])  # max_position_embeddings 64
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "mlm"
-    tandem.save_pretrained(tandem.build(tandem.BertConfig(**SMALL), task="masked_lm", seed=3), path)
+    tandem.save_pretrained(tandem.build(SMALL, task="masked_lm", seed=3), path)
     return path
 
 
@@ -75,12 +69,11 @@ def test_max_abs_diff_names_the_worst_output_and_missing_ones() -> None:
 
 
 def test_make_batch_pads_rows_and_has_two_segments() -> None:
-    config = tandem.BertConfig(**SMALL)
-    batch = parity.make_batch(config, "masked_lm", batch=3, length=12)
+    batch = parity.make_batch(SMALL, "masked_lm", batch=3, length=12)
     assert batch["attention_mask"].sum(axis=1).tolist() == [12, 10, 8]
     assert set(np.unique(batch["token_type_ids"])) == {0, 1}
-    assert (batch["input_ids"][batch["attention_mask"] == 0] == config.pad_token_id).all()
-    assert parity.make_batch(config, "multiple_choice", batch=3, length=12)["input_ids"].shape == (3, 2, 12)
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == SMALL.pad_token_id).all()
+    assert parity.make_batch(SMALL, "multiple_choice", batch=3, length=12)["input_ids"].shape == (3, 2, 12)
 
 
 def test_inspect_checkpoint(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -183,29 +183,30 @@ def bench_big_bird(rounds: int, warmup: int) -> dict[str, Any]:
         for name in report["length 4096"]["times"]
     }
     report["growth 1024 -> 4096"] = growth
-    report["peak RSS MB at 4096"] = {
+    report["peak RSS MB at 4096 (whole process)"] = {
         name: _peak_rss(directory, name) for name in ("tandem torch", "HF torch", "tandem flax", "HF flax")
     }
     return report
 
 
 def _peak_rss(directory: Path, implementation: str) -> float:
-    """Peak RSS (MB) of a fresh process that loads the model and runs one length-4096 forward."""
-    code = f"""
-import resource, sys
-sys.argv = ["x"]
-from pathlib import Path
-import numpy as np
-from tandem.tools.bench_families import _runners, _batch
-import transformers, torch
-directory = Path({str(directory)!r})
-name = {implementation!r}
-hf = transformers.BigBirdModel.from_pretrained(directory).eval() if name == "HF torch" else None
-hf_flax = transformers.FlaxBigBirdModel.from_pretrained(directory, from_pt=True) if name == "HF flax" else None
-batch = _batch(1, 4096, 50358); batch["attention_mask"][:] = 1
-_runners(hf, hf_flax, directory, batch)[name]()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
+    """Peak RSS (MB) of a fresh process that loads only ``implementation`` and runs one length-4096 forward."""
+    load = {
+        "tandem torch": "m = tandem.from_pretrained(d, backend='torch')\nwith torch.inference_mode(): m(**pt)",
+        "HF torch": "m = transformers.BigBirdModel.from_pretrained(d).eval()\nwith torch.inference_mode(): m(**pt)",
+        "tandem flax": "m = tandem.from_pretrained(d, backend='flax')\njax.block_until_ready(m(**b).last_hidden_state)",
+        "HF flax": "m = transformers.FlaxBigBirdModel.from_pretrained(d, from_pt=True)\n"
+        "jax.block_until_ready(jax.jit(lambda p, i, a: m(i, attention_mask=a, params=p)[0])"
+        "(m.params, b['input_ids'], b['attention_mask']))",
+    }[implementation]
+    code = (
+        "import resource, warnings\nwarnings.simplefilter('ignore')\n"
+        "import jax, torch, transformers, tandem\n"
+        "from tandem.tools.bench_families import _batch\n"
+        f"d = {str(directory)!r}\nb = _batch(1, 4096, 50358)\nb['attention_mask'][:] = 1\n"
+        "pt = {k: torch.from_numpy(v) for k, v in b.items()}\n"
+        f"{load}\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     try:
         return float(result.stdout.strip().splitlines()[-1])

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the backends (or the HF reference) disagree beyond the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -107,7 +108,9 @@ def _parity(args: argparse.Namespace) -> int:
     tol = parity.TOLERANCE if args.tol is None else args.tol
     with_reference = not args.no_reference and parity.reference_version() is not None
     results = []
-    with parity.strict_numerics():
+    # The small models run on one torch thread (see parity.torch_threads); a checkpoint keeps torch's default.
+    threads = parity.torch_threads(1) if args.path is None else contextlib.nullcontext()
+    with parity.strict_numerics(), threads:
         if args.path is None:
             for family, task in _small_models(args.family, args.task):
                 try:

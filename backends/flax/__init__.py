@@ -10,11 +10,20 @@ import numpy as np
 
 from ...core.config import FamilyConfig
 from ...core.nodes import ModelGraph
+from ...core.outputs import ModelOutput
 from ...core.params import from_flax_tree
 from .generation import decoder_session, to_numpy
 from .model import FlaxModel, GraphModule, create_params
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# A ModelOutput is a pytree of its fields, so jax.block_until_ready / tree_map / jit see the arrays in it.
+jax.tree_util.register_pytree_with_keys(
+    ModelOutput,
+    lambda out: (tuple((jax.tree_util.DictKey(k), v) for k, v in out.items()), tuple(out)),
+    lambda keys, values: ModelOutput(zip(keys, values, strict=True)),
+    flatten_func=lambda out: (tuple(out.values()), tuple(out)),
+)
 
 
 def create(graph: ModelGraph, config: FamilyConfig, weights: Mapping[str, np.ndarray], dtype: str) -> FlaxModel:
