@@ -13,8 +13,16 @@ import torch
 from torch import Tensor
 
 
-def _t(x: Tensor) -> Tensor:
-    return x.transpose(-1, -2)
+def _bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` over any leading dims as one ``bmm`` (no copy of a transposed operand)."""
+    out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return out.view(*a.shape[:-1], b.shape[-1])
+
+
+def _bmm_t(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b^T`` over any leading dims as one ``bmm`` on a transposed view."""
+    out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]).transpose(1, 2))
+    return out.view(*a.shape[:-1], b.shape[-2])
 
 
 def block_sparse_attention(
@@ -54,18 +62,18 @@ def block_sparse_attention(
     gv = bv[:, heads, ra].reshape(b, h, nb - 2, r * bs, d)
 
     def global_rows(query: Tensor) -> tuple[Tensor, Tensor]:  # a block attending every key
-        scores = torch.matmul(query, _t(k)) * scale + (1.0 - to_mask) * penalty
+        scores = _bmm_t(query, k) * scale + (1.0 - to_mask) * penalty
         weights = torch.softmax(scores, dim=-1)
-        return weights, torch.matmul(weights, v)
+        return weights, _bmm(weights, v)
 
     def edge_rows(query: Tensor, keys: list[int], seq_pad: Tensor, rand_row: int) -> tuple[Tensor, Tensor]:
         key_mat = torch.cat([bk[:, :, i] for i in keys] + [gk[:, :, rand_row]], dim=2)
         value_mat = torch.cat([bv[:, :, i] for i in keys] + [gv[:, :, rand_row]], dim=2)
         rand_pad = torch.cat([rand_mask.new_ones(b, h, bs, 4 * bs), rand_mask[:, :, rand_row]], dim=3)
-        scores = torch.matmul(query, _t(key_mat)) * scale
+        scores = _bmm_t(query, key_mat) * scale
         scores = scores + (1.0 - torch.minimum(seq_pad, rand_pad)) * penalty
         weights = torch.softmax(scores, dim=-1)
-        return weights, torch.matmul(weights, value_mat)
+        return weights, _bmm(weights, value_mat)
 
     ones_rand = to_mask.new_ones(b, 1, 1, r * bs)
     w_first, c_first = global_rows(bq[:, :, 0])
@@ -80,8 +88,8 @@ def block_sparse_attention(
     band_k = torch.cat([bk[:, :, 1:-3], bk[:, :, 2:-2], bk[:, :, 3:-1]], dim=3)  # (B, h, nb-4, 3bs, d)
     band_v = torch.cat([bv[:, :, 1:-3], bv[:, :, 2:-2], bv[:, :, 3:-1]], dim=3)
     mq = bq[:, :, 2:-2]
-    inner = torch.matmul(mq, _t(band_k)) * scale
-    rand_band = torch.matmul(mq, _t(gk[:, :, 1:-1])) * scale
+    inner = _bmm_t(mq, band_k) * scale
+    rand_band = _bmm_t(mq, gk[:, :, 1:-1]) * scale
     first_band = torch.einsum("bhlqd,bhkd->bhlqk", mq, bk[:, :, 0]) * scale
     last_band = torch.einsum("bhlqd,bhkd->bhlqk", mq, bk[:, :, -1]) * scale
     inner = inner + (1.0 - band_mask) * penalty
@@ -89,8 +97,8 @@ def block_sparse_attention(
     last_band = last_band + (1.0 - to_mask[..., -bs:][:, :, :, None]) * penalty
     rand_band = rand_band + (1.0 - rand_mask[:, :, 1:-1]) * penalty
     w_mid = torch.softmax(torch.cat([first_band, inner, rand_band, last_band], dim=-1), dim=-1)
-    c_mid = torch.matmul(w_mid[..., bs : 4 * bs], band_v)
-    c_mid = c_mid + torch.matmul(w_mid[..., 4 * bs : -bs], gv[:, :, 1:-1])
+    c_mid = _bmm(w_mid[..., bs : 4 * bs], band_v)
+    c_mid = c_mid + _bmm(w_mid[..., 4 * bs : -bs], gv[:, :, 1:-1])
     c_mid = c_mid + torch.einsum("bhlqk,bhkd->bhlqd", w_mid[..., :bs], bv[:, :, 0])
     c_mid = c_mid + torch.einsum("bhlqk,bhkd->bhlqd", w_mid[..., -bs:], bv[:, :, -1])
 
