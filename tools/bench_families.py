@@ -190,7 +190,10 @@ def bench_big_bird(rounds: int, warmup: int) -> dict[str, Any]:
 
 
 def _peak_rss(directory: Path, implementation: str) -> float:
-    """Peak RSS (MB) of a fresh process that loads only ``implementation`` and runs one length-4096 forward."""
+    """Peak RSS (MB) of a fresh process that loads only ``implementation`` and runs one length-4096 forward.
+
+    Read from ``VmHWM`` in ``/proc/self/status``: the high-water mark of the process's own memory map.
+    (``ru_maxrss`` would report this big parent's RSS: Linux carries it into a forked child across exec.)"""
     load = {
         "tandem torch": "m = tandem.from_pretrained(d, backend='torch')\nwith torch.inference_mode(): m(**pt)",
         "HF torch": "m = transformers.BigBirdModel.from_pretrained(d).eval()\nwith torch.inference_mode(): m(**pt)",
@@ -200,18 +203,25 @@ def _peak_rss(directory: Path, implementation: str) -> float:
         "(m.params, b['input_ids'], b['attention_mask']))",
     }[implementation]
     code = (
-        "import resource, warnings\nwarnings.simplefilter('ignore')\n"
+        "import warnings\nwarnings.simplefilter('ignore')\n"
         "import jax, torch, transformers, tandem\n"
-        "from tandem.tools.bench_families import _batch\n"
+        "from tandem.tools.bench_families import _batch, _vm_hwm_mb\n"
         f"d = {str(directory)!r}\nb = _batch(1, 4096, 50358)\nb['attention_mask'][:] = 1\n"
         "pt = {k: torch.from_numpy(v) for k, v in b.items()}\n"
-        f"{load}\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        f"{load}\nprint(_vm_hwm_mb())\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    try:
-        return float(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return float("nan")
+    if result.returncode != 0:
+        raise RuntimeError(f"peak-RSS run of {implementation} failed:\n{result.stderr[-2000:]}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak resident set size in MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (peak RSS is measured on Linux only)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

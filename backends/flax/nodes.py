@@ -98,6 +98,29 @@ def project(node: n.Linear | n.GroupedConv1x1, path: str, x: Array, ctx: Context
     return linear(node, path, x, ctx)
 
 
+# A position-wise block over many rows (the feed-forward) runs in chunks of about this many bytes of its
+# widest activation, one chunk after another (evaluation only). XLA:CPU is faster on chunks that stay in
+# cache than on one (4096, 3072) activation, and in a chunk it keeps the GELU's scalar constants inside the
+# fused kernel instead of broadcasting them to full size in memory: 2 BigBird-base layers at length 4096
+# run 17% faster (12 MB chunks beat 3, 6 and 24 MB). Values equal the unchunked ones up to GEMM rounding.
+ROW_CHUNK_BYTES = 12 << 20
+
+
+def rowwise(fn: Callable[..., Any], xs: tuple[Array, ...], width: int, ctx: Context) -> Any:
+    """``fn(*xs)`` for a position-wise ``fn`` (output row i depends on row i of each input only) on inputs
+    (..., F) with the same leading shape; outputs (..., F'). ``width``: the widest activation's features.
+    Training runs whole (one dropout draw covers all rows)."""
+    lead = xs[0].shape[:-1]
+    rows = math.prod(lead)
+    chunks = -(-rows * width * xs[0].dtype.itemsize // ROW_CHUNK_BYTES)
+    if chunks < 2 or not ctx.deterministic:
+        return fn(*xs)
+    size = -(-rows // chunks)
+    flat = [jnp.pad(x.reshape(rows, x.shape[-1]), ((0, chunks * size - rows), (0, 0))) for x in xs]
+    out = jax.lax.map(lambda c: fn(*c), tuple(x.reshape(chunks, size, x.shape[-1]) for x in flat))
+    return jax.tree.map(lambda y: y.reshape(chunks * size, y.shape[-1])[:rows].reshape(*lead, y.shape[-1]), out)
+
+
 def layer_norm(node: n.LayerNorm, path: str, x: Array, ctx: Context) -> Array:
     """Two-pass variance in float32 (HF PyTorch's), output in the compute dtype."""
     p = ctx.get(path)
@@ -288,8 +311,12 @@ def transformer_layer(
         context, cross_probs = attention(block.attention, attn_path, x, cross.mask, head_mask, ctx, kv=(ck, cv))
         x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
         cache = (k, v, ck, cv)
-    inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
-    x = add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
+
+    def feed_forward(x: Array) -> Array:
+        inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
+        return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
+
+    x = rowwise(feed_forward, (x,), node.intermediate.out_features, ctx)
     return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
 
 

@@ -9,25 +9,20 @@ from pydantic import model_validator
 
 from ..config import FamilyConfig
 from ..nodes import (
-    AddNorm,
-    Attention,
     AttentionBlock,
     Backbone,
     CrossEntropyLoss,
     DenseHead,
-    Encoder,
     FullAttention,
     Head,
-    LayerNorm,
     LMHead,
     Loss,
     ModelGraph,
     Pooler,
     TransformerLayer,
     join,
-    score_divisor,
 )
-from .common import embeddings, linear, lm_head, shared_task_head
+from .common import attention_block, embeddings, layer_stack, linear, lm_head, post_ln_layer, shared_task_head
 
 
 class BertConfig(FamilyConfig):
@@ -88,50 +83,36 @@ _POOLED_TASKS = {"base", "pretraining", "next_sentence_prediction", "sequence_cl
 
 def _attention_block(config: BertConfig, path: str, source: Literal["self", "encoder"]) -> AttentionBlock:
     """``attention`` (self, causal in a decoder) or ``crossattention`` (keys/values from the encoder)."""
-    h, std, eps = config.hidden_size, config.initializer_range, config.layer_norm_eps
-    return AttentionBlock(
-        path=path,
-        attention=Attention(
-            path="self",
-            query=linear("query", h, h, std),
-            key=linear("key", h, h, std),
-            value=linear("value", h, h, std),
-            num_heads=config.num_attention_heads,
-            head_dim=config.head_dim,
-            score_divisor=score_divisor(config.head_dim),
-            dropout=config.attention_probs_dropout_prob,
-            mask_fill="dtype_min",
-            variant=FullAttention(causal=config.is_decoder and source == "self"),
-            source=source,
-        ),
-        output=AddNorm(
-            path="output",
-            dense=linear("dense", h, h, std),
-            dropout=config.hidden_dropout_prob,
-            norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
-        ),
+    return attention_block(
+        path,
+        features=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        head_dim=config.head_dim,
+        attention_dropout=config.attention_probs_dropout_prob,
+        hidden_dropout=config.hidden_dropout_prob,
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
+        variant=FullAttention(causal=config.is_decoder and source == "self"),
+        source=source,
     )
 
 
 def _layer(config: BertConfig, index: int) -> TransformerLayer:
-    h, i, std, eps = config.hidden_size, config.intermediate_size, config.initializer_range, config.layer_norm_eps
-    return TransformerLayer(
-        path=f"layer.{index}",
+    return post_ln_layer(
+        index,
         attention=_attention_block(config, "attention", "self"),
         crossattention=_attention_block(config, "crossattention", "encoder") if config.add_cross_attention else None,
-        intermediate=linear("intermediate.dense", h, i, std),
+        features=config.hidden_size,
+        intermediate=config.intermediate_size,
         activation=config.hidden_act,
-        output=AddNorm(
-            path="output",
-            dense=linear("dense", i, h, std),
-            dropout=config.hidden_dropout_prob,
-            norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
-        ),
+        dropout=config.hidden_dropout_prob,
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
     )
 
 
 def _backbone(config: BertConfig, prefix: str, pooled: bool) -> Backbone:
-    h, std, layers = config.hidden_size, config.initializer_range, config.num_hidden_layers
+    h, std = config.hidden_size, config.initializer_range
     return Backbone(
         path=prefix,
         embeddings=embeddings(
@@ -144,13 +125,7 @@ def _backbone(config: BertConfig, prefix: str, pooled: bool) -> Backbone:
             dropout=config.hidden_dropout_prob,
             std=std,
         ),
-        encoder=Encoder(
-            path="encoder",
-            layers=[_layer(config, i) for i in range(layers)],
-            schedule=[(i,) for i in range(layers)],
-            head_mask_index=[(i,) for i in range(layers)],
-            num_head_mask_rows=layers,
-        ),
+        encoder=layer_stack([_layer(config, i) for i in range(config.num_hidden_layers)]),
         pooler=Pooler(path="pooler", dense=linear("dense", h, h, std), activation="tanh") if pooled else None,
     )
 

@@ -10,8 +10,6 @@ from pydantic import model_validator
 from ..block_sparse import min_sparse_length
 from ..config import FamilyConfig
 from ..nodes import (
-    AddNorm,
-    Attention,
     AttentionBlock,
     Backbone,
     BlockSparseAttention,
@@ -20,10 +18,8 @@ from ..nodes import (
     ClassificationLoss,
     CrossEntropyLoss,
     DenseHead,
-    Encoder,
     FullAttention,
     Head,
-    LayerNorm,
     LMHead,
     Loss,
     ModelGraph,
@@ -33,9 +29,8 @@ from ..nodes import (
     SpanLoss,
     TransformerLayer,
     join,
-    score_divisor,
 )
-from .common import embeddings, linear, lm_head, shared_task_head
+from .common import add_norm, attention_block, embeddings, layer_stack, linear, lm_head, post_ln_layer, shared_task_head
 
 
 class BigBirdConfig(FamilyConfig):
@@ -109,33 +104,22 @@ def _attention_block(
     source: Literal["self", "encoder"] = "self",
 ) -> AttentionBlock:
     """``attention`` or, in decoders with an encoder, ``crossattention`` (always full attention)."""
-    h, std = config.hidden_size, config.initializer_range
-    return AttentionBlock(
-        path=path,
-        attention=Attention(
-            path="self",
-            query=linear("query", h, h, std, bias=config.use_bias),
-            key=linear("key", h, h, std, bias=config.use_bias),
-            value=linear("value", h, h, std, bias=config.use_bias),
-            num_heads=config.num_attention_heads,
-            head_dim=config.head_dim,
-            score_divisor=score_divisor(config.head_dim),
-            dropout=config.attention_probs_dropout_prob,
-            mask_fill="dtype_min",
-            variant=variant,
-            source=source,
-        ),
-        output=AddNorm(
-            path="output",
-            dense=linear("dense", h, h, std),
-            dropout=config.hidden_dropout_prob,
-            norm=LayerNorm(path="LayerNorm", features=h, eps=config.layer_norm_eps),
-        ),
+    return attention_block(
+        path,
+        features=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        head_dim=config.head_dim,
+        attention_dropout=config.attention_probs_dropout_prob,
+        hidden_dropout=config.hidden_dropout_prob,
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
+        variant=variant,
+        source=source,
+        bias=config.use_bias,
     )
 
 
 def _layer(config: BigBirdConfig, index: int) -> TransformerLayer:
-    h, i, std, eps = config.hidden_size, config.intermediate_size, config.initializer_range, config.layer_norm_eps
     if config.runs_block_sparse:
         variant: FullAttention | BlockSparseAttention = BlockSparseAttention(
             block_size=config.block_size, num_random_blocks=config.num_random_blocks, layer=index
@@ -145,23 +129,21 @@ def _layer(config: BigBirdConfig, index: int) -> TransformerLayer:
     cross = (
         _attention_block(config, "crossattention", FullAttention(), "encoder") if config.add_cross_attention else None
     )
-    return TransformerLayer(
-        path=f"layer.{index}",
+    return post_ln_layer(
+        index,
         attention=_attention_block(config, "attention", variant),
         crossattention=cross,
-        intermediate=linear("intermediate.dense", h, i, std),
+        features=config.hidden_size,
+        intermediate=config.intermediate_size,
         activation=config.hidden_act,
-        output=AddNorm(
-            path="output",
-            dense=linear("dense", i, h, std),
-            dropout=config.hidden_dropout_prob,
-            norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
-        ),
+        dropout=config.hidden_dropout_prob,
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
     )
 
 
 def _backbone(config: BigBirdConfig, prefix: str, pooled: bool) -> Backbone:
-    h, std, layers = config.hidden_size, config.initializer_range, config.num_hidden_layers
+    h, std = config.hidden_size, config.initializer_range
     emb = embeddings(
         vocab_size=config.vocab_size,
         max_positions=config.max_position_embeddings,
@@ -186,13 +168,7 @@ def _backbone(config: BigBirdConfig, prefix: str, pooled: bool) -> Backbone:
     return Backbone(
         path=prefix,
         embeddings=emb,
-        encoder=Encoder(
-            path="encoder",
-            layers=[_layer(config, i) for i in range(layers)],
-            schedule=[(i,) for i in range(layers)],
-            head_mask_index=[(i,) for i in range(layers)],
-            num_head_mask_rows=layers,
-        ),
+        encoder=layer_stack([_layer(config, i) for i in range(config.num_hidden_layers)]),
         # BigBird's pooler is a bare Linear at `bert.pooler` followed by tanh.
         pooler=Pooler(path="pooler", dense=linear("", h, h, std), activation="tanh") if pooled else None,
         block_sparse=policy,
@@ -278,11 +254,13 @@ def build_big_bird(config: BigBirdConfig, task: str) -> ModelGraph:
                 dropout=config.hidden_dropout_prob,
                 intermediate=linear("intermediate.dense", h, config.intermediate_size, std),
                 activation=config.hidden_act,
-                output=AddNorm(
-                    path="output",
-                    dense=linear("dense", config.intermediate_size, h, std),
+                output=add_norm(
+                    "output",
+                    config.intermediate_size,
+                    h,
                     dropout=config.hidden_dropout_prob,
-                    norm=LayerNorm(path="LayerNorm", features=h, eps=config.layer_norm_eps),
+                    eps=config.layer_norm_eps,
+                    std=std,
                 ),
                 qa_outputs=linear("qa_outputs", h, 2, std),
                 question_mask=QuestionMask(sep_token_id=config.sep_token_id),

@@ -6,12 +6,19 @@ list of what makes its architecture different.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ..nodes import (
+    AddNorm,
+    Attention,
+    AttentionBlock,
+    AttentionVariant,
     ClassificationLoss,
     CrossEntropyLoss,
     DenseHead,
     Embed,
     Embeddings,
+    Encoder,
     Head,
     LayerNorm,
     Linear,
@@ -19,6 +26,8 @@ from ..nodes import (
     LMHead,
     Loss,
     SpanLoss,
+    TransformerLayer,
+    score_divisor,
 )
 
 # Tasks whose head is the same shape in every family (their dropout is the family's choice).
@@ -27,6 +36,80 @@ SHARED_TASKS = ("sequence_classification", "multiple_choice", "token_classificat
 
 def linear(path: str, n_in: int, n_out: int, std: float, bias: bool = True) -> Linear:
     return Linear(path=path, in_features=n_in, out_features=n_out, bias=bias, init_std=std)
+
+
+def add_norm(path: str, n_in: int, features: int, *, dropout: float, eps: float, std: float) -> AddNorm:
+    """``LayerNorm(dropout(dense(x)) + residual)`` under BERT's names: ``{path}.dense``, ``{path}.LayerNorm``."""
+    return AddNorm(
+        path=path,
+        dense=linear("dense", n_in, features, std),
+        dropout=dropout,
+        norm=LayerNorm(path="LayerNorm", features=features, eps=eps),
+    )
+
+
+def attention_block(
+    path: str,
+    *,
+    features: int,
+    num_heads: int,
+    head_dim: int,
+    attention_dropout: float,
+    hidden_dropout: float,
+    eps: float,
+    std: float,
+    variant: AttentionVariant,
+    source: Literal["self", "encoder"] = "self",
+    bias: bool = True,
+) -> AttentionBlock:
+    """BERT's post-LN attention block: ``{path}.self.{query,key,value}`` (finfo.min mask fill), then
+    ``{path}.output``. ``source="encoder"``: cross-attention, keys and values from the encoder states."""
+    return AttentionBlock(
+        path=path,
+        attention=Attention(
+            path="self",
+            query=linear("query", features, features, std, bias=bias),
+            key=linear("key", features, features, std, bias=bias),
+            value=linear("value", features, features, std, bias=bias),
+            num_heads=num_heads,
+            head_dim=head_dim,
+            score_divisor=score_divisor(head_dim),
+            dropout=attention_dropout,
+            mask_fill="dtype_min",
+            variant=variant,
+            source=source,
+        ),
+        output=add_norm("output", features, features, dropout=hidden_dropout, eps=eps, std=std),
+    )
+
+
+def post_ln_layer(
+    index: int,
+    *,
+    attention: AttentionBlock,
+    crossattention: AttentionBlock | None,
+    features: int,
+    intermediate: int,
+    activation: str,
+    dropout: float,
+    eps: float,
+    std: float,
+) -> TransformerLayer:
+    """BERT's ``layer.{index}``: the attention block(s), ``intermediate.dense`` and its activation, ``output``."""
+    return TransformerLayer(
+        path=f"layer.{index}",
+        attention=attention,
+        crossattention=crossattention,
+        intermediate=linear("intermediate.dense", features, intermediate, std),
+        activation=activation,
+        output=add_norm("output", intermediate, features, dropout=dropout, eps=eps, std=std),
+    )
+
+
+def layer_stack(layers: list[TransformerLayer]) -> Encoder:
+    """``encoder.layer.*``: each layer runs once, in order, with its own head-mask row."""
+    steps = [(i,) for i in range(len(layers))]
+    return Encoder(path="encoder", layers=layers, schedule=steps, head_mask_index=steps, num_head_mask_rows=len(layers))
 
 
 def embeddings(
