@@ -7,10 +7,12 @@ Example:
     >>> flax_model = tandem.build(config, task="masked_lm", backend="flax", seed=0)  # same weights
 """
 
-from .backends.api import build, from_pretrained, save_pretrained
-from .backends.cache import convert_cache
-from .backends.generate import generate
-from .core import (
+# Absolute imports: this file is also the repository root's __init__.py, which pytest imports under the
+# checkout folder's name; they resolve to the installed package whatever that folder is called.
+from tandem.backends.api import build, from_pretrained, save_pretrained
+from tandem.backends.cache import convert_cache
+from tandem.backends.generate import generate
+from tandem.core import (
     AlbertConfig,
     BertConfig,
     BigBirdConfig,
@@ -22,7 +24,7 @@ from .core import (
     config_from_hf,
     summary,
 )
-from .core.outputs import ModelOutput
+from tandem.core.outputs import ModelOutput
 
 __version__ = "0.1.0"
 
