@@ -337,6 +337,22 @@ def test_big_bird_train_mode_same_seed_same_blocks(tmp_path: Path) -> None:
     assert np.abs(outputs[3] - eval_out).max() > 1e-3  # training blocks are not the eval plan
 
 
+@pytest.mark.parametrize("task", ["base", "question_answering"])
+def test_big_bird_inputs_embeds_and_positions_are_padded_as_hf(task: str, tmp_path: Path) -> None:
+    """Length 30 pads to 32: given ``inputs_embeds`` are padded with the embedding-module output of pad ids
+    (embedded twice, HF PyTorch's quirk) and given ``position_ids`` with ``pad_token_id``; question
+    lengths given explicitly (there are no ids to find the separator in)."""
+    hf, ours_torch, ours_flax = load("big_bird", task, tmp_path)
+    batch = batch_for("big_bird", task, 30)
+    ids = batch.inputs.pop("input_ids")
+    with torch.no_grad():
+        batch.inputs["inputs_embeds"] = hf.get_input_embeddings()(torch.from_numpy(ids)).numpy()
+    batch.inputs["position_ids"] = np.broadcast_to(np.arange(1, 31), ids.shape).copy()
+    if task == "question_answering":
+        batch.inputs["question_lengths"] = np.array([[4], [7], [4], [4]])
+    check_parity(hf, ours_torch, ours_flax, batch)
+
+
 @pytest.mark.parametrize(("task", "length"), [("masked_lm", 12), ("question_answering", 30)])
 def test_flax_feed_forward_in_row_chunks(
     task: str, length: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
