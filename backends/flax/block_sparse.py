@@ -107,6 +107,37 @@ def block_sparse_attention(
     return context, _dense_probs(plan, (b, h, nb, block_size), *weights)
 
 
+def _tile_sources(plan: np.ndarray, nb: int) -> np.ndarray:
+    """For each (head, query block, key block) of the dense map, the tile of :func:`_dense_probs`'s tile
+    list that HF PyTorch's reconstruction leaves there (its writes replayed in its order: later writes win,
+    so random blocks overwrite what they coincide with), or the zero tile ``n_tiles``. Host-side numpy."""
+    h, _, r = plan.shape
+    edge, mid = 4 + r, 5 + r  # tiles per row of the edge and middle query blocks
+    first, second = 0, nb
+    middle = second + edge
+    second_last = middle + (nb - 4) * mid
+    last = second_last + edge
+    n_tiles = last + nb
+    src = np.full((h, nb, nb), n_tiles, np.int64)
+    src[:, 0] = first + np.arange(nb)
+    src[:, -1] = last + np.arange(nb)
+    for head in range(h):
+        src[head, 1, [0, 1, 2, nb - 1]] = second + np.arange(4)
+        src[head, nb - 2, [0, nb - 3, nb - 2, nb - 1]] = second_last + np.arange(4)
+        for slot in range(r):  # later slots win where random blocks repeat (all block 0 in eval)
+            src[head, 1, plan[head, 0, slot]] = second + 4 + slot
+            src[head, nb - 2, plan[head, -1, slot]] = second_last + 4 + slot
+    rows = np.arange(nb - 4)
+    for j in range(3):  # sliding window, then the global columns, then the random blocks
+        src[:, rows + 2, rows + 1 + j] = middle + rows * mid + 1 + j
+    src[:, 2:-2, 0] = middle + rows * mid
+    src[:, 2:-2, -1] = middle + rows * mid + mid - 1
+    for head in range(h):
+        for slot in range(r):
+            src[head, rows + 2, plan[head, rows + 1, slot]] = middle + rows * mid + 4 + slot
+    return src
+
+
 def _dense_probs(
     plan: np.ndarray,
     shape: tuple[int, int, int, int],
@@ -116,32 +147,16 @@ def _dense_probs(
     w_second_last: Array,
     w_last: Array,
 ) -> Array:
-    """HF's dense float32 view of the probabilities, written in HF's order (random writes last)."""
+    """HF PyTorch's dense float32 view of the probabilities (lossy where random blocks coincide with others,
+    exactly as HF's), as one gather of (bs, bs) tiles: the tile list holds every group's weights, and
+    :func:`_tile_sources` says which tile lands on each block of the map."""
     b, h, nb, bs = shape
-    s = nb * bs
-    r = plan.shape[-1]
-    f32 = jnp.float32
-    grid = jnp.zeros((b, h, nb, bs, nb, bs), f32)
-    # Whole-row writes, expressed on the block grid: (B, h, bs, S) -> (B, h, 1, bs, nb, bs).
-    grid = grid.at[:, :, 0].set(w_first.astype(f32).reshape(b, h, bs, nb, bs))
-    grid = grid.at[:, :, 1, :, :3].set(w_second[..., : 3 * bs].astype(f32).reshape(b, h, bs, 3, bs))
-    grid = grid.at[:, :, 1, :, -1].set(w_second[..., 3 * bs : 4 * bs].astype(f32))
-    for head in range(h):
-        values = w_second[:, head, :, 4 * bs :].astype(f32).reshape(b, bs, r, bs)
-        grid = grid.at[:, head, 1, :, plan[head, 0]].set(jnp.moveaxis(values, 2, 0))
-    for row in range(nb - 4):
-        values = w_mid[:, :, row, :, bs : 4 * bs].astype(f32).reshape(b, h, bs, 3, bs)
-        grid = grid.at[:, :, row + 2, :, row + 1 : row + 4].set(values)
-    grid = grid.at[:, :, 2:-2, :, 0].set(w_mid[..., :bs].astype(f32))
-    grid = grid.at[:, :, 2:-2, :, -1].set(w_mid[..., -bs:].astype(f32))
-    for head in range(h):
-        for row in range(1, nb - 3):
-            values = w_mid[:, head, row - 1, :, 4 * bs : -bs].astype(f32).reshape(b, bs, r, bs)
-            grid = grid.at[:, head, row + 1, :, plan[head, row]].set(jnp.moveaxis(values, 2, 0))
-    grid = grid.at[:, :, nb - 2, :, 0].set(w_second_last[..., :bs].astype(f32))
-    grid = grid.at[:, :, nb - 2, :, -3:].set(w_second_last[..., bs : 4 * bs].astype(f32).reshape(b, h, bs, 3, bs))
-    for head in range(h):
-        values = w_second_last[:, head, :, 4 * bs :].astype(f32).reshape(b, bs, r, bs)
-        grid = grid.at[:, head, nb - 2, :, plan[head, -1]].set(jnp.moveaxis(values, 2, 0))
-    grid = grid.at[:, :, nb - 1].set(w_last.astype(f32).reshape(b, h, bs, nb, bs))
-    return grid.reshape(b, h, s, s)
+
+    def tiles(w: Array) -> Array:  # (B, h, ..., bs, n*bs) -> (B, h, ... * n, bs, bs)
+        t = w.astype(jnp.float32).reshape(*w.shape[:-1], -1, bs)
+        return jnp.moveaxis(t, -2, -3).reshape(b, h, -1, bs, bs)
+
+    zero = jnp.zeros((b, h, 1, bs, bs), jnp.float32)
+    parts = [tiles(w) for w in (w_first, w_second, w_mid, w_second_last, w_last)]
+    grid = jnp.concatenate([*parts, zero], axis=2)[:, np.arange(h)[:, None, None], _tile_sources(plan, nb)]
+    return grid.transpose(0, 1, 2, 4, 3, 5).reshape(b, h, nb * bs, nb * bs)
