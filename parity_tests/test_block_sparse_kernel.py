@@ -54,8 +54,14 @@ def _hf_kernel(
     return context.reshape(b, s, h, d).transpose(1, 2), probs
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
 @pytest.mark.parametrize(("b", "h", "nb", "bs", "d", "r", "pad"), CASES)
-def test_kernels_match_hf_kernel(b: int, h: int, nb: int, bs: int, d: int, r: int, pad: int) -> None:
+def test_kernels_match_hf_kernel(
+    b: int, h: int, nb: int, bs: int, d: int, r: int, pad: int, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``backend="gpu"``: the flax kernel as it runs on an accelerator (all pairs in one vmapped step),
+    computed here on the CPU."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
     s = nb * bs
     generator = torch.Generator().manual_seed(nb)
     # q, k, v as the model makes them: head-split views of (B, S, h*d) projections

@@ -84,8 +84,9 @@ def block_sparse_attention(
 ) -> tuple[Array, Array | None]:
     """Context (B, h, S, d) and, if asked, HF's dense (B, h, S, S) float32 reconstruction of the probs.
 
-    One (batch row, head) pair per step of a ``lax.map``: XLA:CPU runs a dot batched over (B, h, blocks)
-    several times slower than the same dots batched over blocks alone, one pair after another.
+    One (batch row, head) pair per step of a ``lax.map`` on the CPU: XLA:CPU runs a dot batched over
+    (B, h, blocks) several times slower than the same dots batched over blocks alone, one pair after
+    another. On an accelerator, which wants the large batched dots, all pairs form one vmapped step.
     """
     b, h, s, d = q.shape
     nb = s // block_size
@@ -98,10 +99,11 @@ def block_sparse_attention(
         jnp.asarray(np.broadcast_to(plan, (b, *plan.shape)).reshape(pairs, *plan.shape[1:])),
         jnp.repeat(m, h, axis=0),
     )
+    step = None if jax.default_backend() == "cpu" else pairs
     if not output_attentions:
-        context = jax.lax.map(lambda a: _pair(*a, block_size, scale, penalty)[0], per_pair)
+        context = jax.lax.map(lambda a: _pair(*a, block_size, scale, penalty)[0], per_pair, batch_size=step)
         return context.reshape(b, h, s, d), None
-    context, weights = jax.lax.map(lambda a: _pair(*a, block_size, scale, penalty), per_pair)
+    context, weights = jax.lax.map(lambda a: _pair(*a, block_size, scale, penalty), per_pair, batch_size=step)
     context = context.reshape(b, h, s, d)
     weights = [w.reshape(b, h, *w.shape[1:]) for w in weights]
     return context, _dense_probs(plan, (b, h, nb, block_size), *weights)
