@@ -54,14 +54,12 @@ def _hf_kernel(
     return context.reshape(b, s, h, d).transpose(1, 2), probs
 
 
-@pytest.mark.parametrize("backend", ["cpu", "gpu"])
 @pytest.mark.parametrize(("b", "h", "nb", "bs", "d", "r", "pad"), CASES)
 def test_kernels_match_hf_kernel(
-    b: int, h: int, nb: int, bs: int, d: int, r: int, pad: int, backend: str, monkeypatch: pytest.MonkeyPatch
+    b: int, h: int, nb: int, bs: int, d: int, r: int, pad: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``backend="gpu"``: the flax kernel as it runs on an accelerator (all pairs in one vmapped step),
-    computed here on the CPU."""
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    """The flax kernel runs twice: as on the CPU (a pair per step) and as on an accelerator (all pairs in
+    one vmapped step), both computed here on the CPU."""
     s = nb * bs
     generator = torch.Generator().manual_seed(nb)
     # q, k, v as the model makes them: head-split views of (B, S, h*d) projections
@@ -79,6 +77,8 @@ def test_kernels_match_hf_kernel(
     torch.testing.assert_close(context, ref_context, rtol=0, atol=atol)
     torch.testing.assert_close(probs, ref_probs, rtol=0, atol=atol)
     fq, fk, fv, fm = (jax.numpy.asarray(x.contiguous().numpy()) for x in (q, k, v, mask))
-    f_context, f_probs = flax_kernel(fq, fk, fv, fm, plan, bs, scale, -10000.0, True)
-    np.testing.assert_allclose(np.asarray(f_context), ref_context.numpy(), rtol=0, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(f_probs), ref_probs.numpy(), rtol=0, atol=2e-6)
+    for backend in ("cpu", "gpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        f_context, f_probs = flax_kernel(fq, fk, fv, fm, plan, bs, scale, -10000.0, True)
+        np.testing.assert_allclose(np.asarray(f_context), ref_context.numpy(), rtol=0, atol=2e-6, err_msg=backend)
+        np.testing.assert_allclose(np.asarray(f_probs), ref_probs.numpy(), rtol=0, atol=2e-6, err_msg=backend)

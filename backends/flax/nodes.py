@@ -106,19 +106,18 @@ def project(node: n.Linear | n.GroupedConv1x1, path: str, x: Array, ctx: Context
 ROW_CHUNK_BYTES = 12 << 20
 
 
-def rowwise(fn: Callable[..., Any], xs: tuple[Array, ...], width: int, ctx: Context) -> Any:
-    """``fn(*xs)`` for a position-wise ``fn`` (output row i depends on row i of each input only) on inputs
-    (..., F) with the same leading shape; outputs (..., F'). ``width``: the widest activation's features.
-    Training runs whole (one dropout draw covers all rows)."""
-    lead = xs[0].shape[:-1]
+def rowwise(fn: Callable[[Array], Array], x: Array, width: int, ctx: Context) -> Array:
+    """``fn(x)`` for a position-wise ``fn`` (output row i depends on input row i only) on ``x`` (..., F);
+    ``width``: the features of its widest activation. Training runs whole (one dropout draw covers all rows)."""
+    lead = x.shape[:-1]
     rows = math.prod(lead)
-    chunks = -(-rows * width * xs[0].dtype.itemsize // ROW_CHUNK_BYTES)
+    chunks = -(-rows * width * x.dtype.itemsize // ROW_CHUNK_BYTES)
     if chunks < 2 or not ctx.deterministic:
-        return fn(*xs)
+        return fn(x)
     size = -(-rows // chunks)
-    flat = [jnp.pad(x.reshape(rows, x.shape[-1]), ((0, chunks * size - rows), (0, 0))) for x in xs]
-    out = jax.lax.map(lambda c: fn(*c), tuple(x.reshape(chunks, size, x.shape[-1]) for x in flat))
-    return jax.tree.map(lambda y: y.reshape(chunks * size, y.shape[-1])[:rows].reshape(*lead, y.shape[-1]), out)
+    flat = jnp.pad(x.reshape(rows, x.shape[-1]), ((0, chunks * size - rows), (0, 0)))
+    out = jax.lax.map(fn, flat.reshape(chunks, size, x.shape[-1]))
+    return out.reshape(chunks * size, out.shape[-1])[:rows].reshape(*lead, out.shape[-1])
 
 
 def layer_norm(node: n.LayerNorm, path: str, x: Array, ctx: Context) -> Array:
@@ -316,7 +315,7 @@ def transformer_layer(
         inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
         return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
 
-    x = rowwise(feed_forward, (x,), node.intermediate.out_features, ctx)
+    x = rowwise(feed_forward, x, node.intermediate.out_features, ctx)
     return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
 
 
