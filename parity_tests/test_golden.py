@@ -1,81 +1,155 @@
 """tandem's parameter names and shapes against golden manifests generated from HF (golden/make_golden.py).
 
-The manifests come from HF PyTorch ``BertFor<Task>.state_dict()`` and HF Flax ``FlaxBertFor<Task>.params``;
-tandem's torch ``state_dict`` (tied aliases included) and flax params tree must list exactly the same
-(key, shape) pairs, so a rename, a missing alias or a transposed kernel fails here.
+One manifest per registered (family, task), plus variants (untied LM heads, decoders with cross-attention).
+Each comes from HF PyTorch ``<Class>.state_dict()`` and HF Flax ``Flax<Class>.params``; tandem's torch
+``state_dict`` (tied aliases included) and flax params tree must list exactly the same (key, shape) pairs, so
+a rename, a missing alias or a transposed kernel fails here. Two recorded exceptions, both asserted exactly:
+
+- ``flax_pooler_absent``: HF Flax drops the pooler from some heads that HF PyTorch keeps it in (BigBird's
+  LMs and token classification). tandem keeps HF PyTorch's pooler in both backends (a flax checkpoint
+  without it loads, the pooler initialised: ``pooler_absent`` in ``core/checkpoint.py``), so its flax tree
+  is the HF Flax tree plus exactly these entries.
+- ``"flax": null``: HF has no Flax class (SqueezeBERT). tandem's flax params, written out through tandem's
+  own flax -> torch layout (``save_pretrained``), must then give the HF PyTorch checkpoint's keys and shapes.
+
+HF is not needed at run time: the manifests are checked in.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import harness
 import jax
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 import tandem
+from tandem.core.families import FAMILIES
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-MANIFESTS = sorted(GOLDEN.glob("bert_*.json"))
+MANIFESTS = sorted(GOLDEN.glob("*.json"))
+IDS = [p.stem for p in MANIFESTS]
+
+Entries = list[tuple[str, list[int]]]
 
 
+@cache
 def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _as_pairs(entries: list[list[Any]]) -> list[tuple[str, list[int]]]:
+def _config(golden: Mapping[str, Any]) -> Any:
+    return FAMILIES[golden["family"]].config_class(**golden["config"])
+
+
+@cache
+def _flax_model(path: Path) -> Any:
+    """Built once per manifest, on first use, and shared by the flax tests."""
+    golden = _load(path)
+    return tandem.build(_config(golden), task=golden["task"], backend="flax")
+
+
+def _as_pairs(entries: list[list[Any]]) -> Entries:
     return sorted((key, list(shape)) for key, shape in entries)
 
 
-def test_every_task_has_a_manifest() -> None:
-    tasks = {_load(p)["task"] for p in MANIFESTS}
-    assert tasks == set(harness.TASKS), f"golden manifests cover {sorted(tasks)}"
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested flax tree as ``{"a/b/c": leaf}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, path))
+        else:
+            out[path] = value
+    return out
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=[p.stem for p in MANIFESTS])
+def _tree_shapes(tree: Mapping[str, Any]) -> Entries:
+    return sorted((key, list(np.shape(leaf))) for key, leaf in _flatten(tree).items())
+
+
+def _state_shapes(state: Mapping[str, Any]) -> Entries:
+    return sorted((key, list(value.shape)) for key, value in state.items())
+
+
+def _diff(ours: Entries, golden: Entries, what: str = "HF") -> str:
+    a, b = {k: tuple(s) for k, s in ours}, {k: tuple(s) for k, s in golden}
+    theirs = f"only in {what}:"
+    width = max(len(theirs), len("only in tandem:"))
+    lines = [f"  {'only in tandem:':<{width}} {k} {a[k]}" for k in sorted(set(a) - set(b))]
+    lines += [f"  {theirs:<{width}} {k} {b[k]}" for k in sorted(set(b) - set(a))]
+    lines += [f"  shape {k}: tandem {a[k]}, {what} {b[k]}" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+    return f"parameter manifest differs from {what}:\n" + "\n".join(lines)
+
+
+def _expected_flax(golden: Mapping[str, Any]) -> Entries:
+    """HF Flax's tree plus the pooler HF Flax leaves out and tandem keeps (see the module docstring)."""
+    return _as_pairs(golden["flax"] + golden["flax_pooler_absent"])
+
+
+def test_every_registered_task_has_a_manifest() -> None:
+    registered = {(name, task) for name, family in FAMILIES.items() for task in family.tasks}
+    covered = {(_load(p)["family"], _load(p)["task"]) for p in MANIFESTS}
+    missing, extra = sorted(registered - covered), sorted(covered - registered)
+    assert not missing, f"registered tasks without a golden manifest (add them to golden/make_golden.py): {missing}"
+    assert not extra, f"golden manifests for (family, task) that tandem does not register: {extra}"
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=IDS)
+def test_manifest_names_the_registered_hf_classes(path: Path) -> None:
+    golden = _load(path)
+    family = FAMILIES[golden["family"]]
+    assert family.architectures[golden["task"]] == golden["hf_torch_class"]
+    if golden["hf_flax_class"] is not None:
+        assert family.task_of(golden["hf_flax_class"]) == golden["task"]
+    else:
+        assert golden["flax"] is None and golden["flax_absent_reason"]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=IDS)
 def test_torch_state_dict_matches_hf(path: Path) -> None:
     golden = _load(path)
-    model = tandem.build(tandem.BertConfig(**golden["config"]), task=golden["task"], backend="torch")
-    ours = harness.torch_state_shapes(model.state_dict())
-    assert ours == _as_pairs(golden["torch"]), _diff(ours, _as_pairs(golden["torch"]))
+    model = tandem.build(_config(golden), task=golden["task"], backend="torch")
+    ours, theirs = _state_shapes(model.state_dict()), _as_pairs(golden["torch"])
+    assert ours == theirs, _diff(ours, theirs)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tied = golden["torch_tied"]  # alias -> the key whose tensor it is
+    untied = {alias: canonical for alias, canonical in tied.items() if params[alias] is not params[canonical]}
+    assert untied == {}, f"HF ties these keys (alias -> canonical); tandem gives them their own tensors: {untied}"
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=[p.stem for p in MANIFESTS])
-def test_flax_params_match_hf(path: Path) -> None:
+@pytest.mark.parametrize("path", MANIFESTS, ids=IDS)
+def test_flax_params_match_hf(path: Path, tmp_path: Path) -> None:
     golden = _load(path)
-    model = tandem.build(tandem.BertConfig(**golden["config"]), task=golden["task"], backend="flax")
-    ours = harness.flax_param_shapes(model.params)
-    assert ours == _as_pairs(golden["flax"]), _diff(ours, _as_pairs(golden["flax"]))
+    model = _flax_model(path)
+    if golden["flax"] is not None:
+        ours, theirs = _tree_shapes(model.params), _expected_flax(golden)
+        assert ours == theirs, _diff(ours, theirs)
+        return
+    # No HF Flax class: the flax params, converted by tandem's layout rules, must be the HF PyTorch checkpoint
+    # (state_dict less HF's tied aliases, which HF does not save either).
+    tandem.save_pretrained(model, tmp_path)
+    with safe_open(tmp_path / "model.safetensors", framework="numpy") as f:
+        ours = sorted((key, list(f.get_slice(key).get_shape())) for key in f.keys())  # noqa: SIM118
+    theirs = [(k, s) for k, s in _as_pairs(golden["torch"]) if k not in golden["torch_tied"]]
+    assert ours == theirs, _diff(ours, theirs, "HF PyTorch")
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=[p.stem for p in MANIFESTS])
+@pytest.mark.parametrize("path", MANIFESTS, ids=IDS)
 def test_flax_module_init_matches_hf(path: Path) -> None:
     """``model.module.init`` (what a flax user calls) declares HF Flax's tree too, not only ``.params``."""
     golden = _load(path)
-    model = tandem.build(tandem.BertConfig(**golden["config"]), task=golden["task"], backend="flax")
-    ids = np.ones((1, 2, 4) if golden["task"] == "multiple_choice" else (1, 4), np.int32)
-    inputs = {"input_ids": ids.reshape(-1, 4), "attention_mask": None, "token_type_ids": None}
+    model = _flax_model(path)
+    ids = np.ones((1, 2, 4) if golden["task"] == "multiple_choice" else (1, 4), np.int32)  # (B, [C,] S)
+    inputs = {"input_ids": ids, "attention_mask": None, "token_type_ids": None}
     inputs |= {"position_ids": None, "inputs_embeds": None}
     shapes = jax.eval_shape(lambda: model.module.init(jax.random.key(0), inputs))
-    ours = harness.flax_param_shapes(shapes["params"])
-    assert ours == _as_pairs(golden["flax"]), _diff(ours, _as_pairs(golden["flax"]))
-
-
-def test_tied_aliases_share_storage() -> None:
-    """HF's tied decoder: ``decoder.weight`` is the word embedding and ``decoder.bias`` the head bias."""
-    golden = _load(GOLDEN / "bert_masked_lm.json")
-    model = tandem.build(tandem.BertConfig(**golden["config"]), task="masked_lm", backend="torch")
-    params = dict(model.named_parameters(remove_duplicate=False))
-    assert params["cls.predictions.decoder.weight"] is params["bert.embeddings.word_embeddings.weight"]
-    assert params["cls.predictions.decoder.bias"] is params["cls.predictions.bias"]
-
-
-def _diff(ours: list[tuple[str, list[int]]], golden: list[tuple[str, list[int]]]) -> str:
-    a, b = {k: tuple(s) for k, s in ours}, {k: tuple(s) for k, s in golden}
-    lines = [f"  only in tandem: {k} {a[k]}" for k in sorted(set(a) - set(b))]
-    lines += [f"  only in HF:     {k} {b[k]}" for k in sorted(set(b) - set(a))]
-    lines += [f"  shape {k}: tandem {a[k]} HF {b[k]}" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
-    return "parameter manifest differs from HF:\n" + "\n".join(lines)
+    ours = _tree_shapes(shapes["params"])
+    theirs = _tree_shapes(model.params) if golden["flax"] is None else _expected_flax(golden)
+    assert ours == theirs, _diff(ours, theirs, "HF" if golden["flax"] is not None else ".params")

@@ -1,9 +1,15 @@
-"""Write the golden parameter manifests, one JSON file per BERT task, FROM HF (never from tandem).
+"""Write the golden parameter manifests, one JSON file per (family, task) variant, FROM HF (never from tandem).
 
-For a fixed small config, each file lists the (key, shape) pairs of
-- HF PyTorch ``BertFor<Task>``'s ``state_dict()`` (tied aliases such as ``cls.predictions.decoder.weight``
-  included, non-persistent buffers excluded, as HF saves them), and
-- HF Flax ``FlaxBertFor<Task>``'s params tree, paths joined with ``/``.
+For a fixed small config per family, each file ``<family>_<name>.json`` lists the (key, shape) pairs of
+- HF PyTorch ``<Class>``'s ``state_dict()`` (tied aliases such as ``cls.predictions.decoder.weight``
+  included, non-persistent buffers excluded, as HF saves them), with the tied aliases named under
+  ``torch_tied`` (alias -> the key it shares storage with), and
+- HF Flax ``Flax<Class>``'s params tree, paths joined with ``/``; ``null`` (with ``flax_absent_reason``)
+  when HF has no Flax class for it (SqueezeBERT).
+
+Where HF Flax builds a head without the pooler that HF PyTorch gives it (BigBird's masked and causal LM,
+token classification), ``flax_pooler_absent`` lists the pooler params that HF Flax's pretraining model of the
+same family has at that path: the exact entries by which a tree that keeps HF PyTorch's pooler is larger.
 
 ``test_golden.py`` compares tandem's torch ``state_dict`` and flax params tree with these files, so an
 accidental rename or reshape in tandem fails. Regenerate (needs transformers with Flax, no network):
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +32,31 @@ import transformers
 
 HERE = Path(__file__).resolve().parent
 
-# Distinct sizes everywhere, so that a transposed or swapped tensor cannot keep its shape by accident.
-CONFIG: dict[str, Any] = {
-    "vocab_size": 101,
-    "hidden_size": 24,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 40,
-    "max_position_embeddings": 33,
-    "type_vocab_size": 3,
-    "num_labels": 5,
-}
-# Manifest name -> (task, config overrides). question_answering needs num_labels == 2 (start and end); the
-# untied MLM pins the one layout difference tying makes (torch decoder.weight is its own tensor, flax gains
-# cls/predictions/decoder/kernel).
-MANIFESTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "base": ("base", {}),
-    "pretraining": ("pretraining", {}),
-    "masked_lm": ("masked_lm", {}),
-    "masked_lm_untied": ("masked_lm", {"tie_word_embeddings": False}),
-    "next_sentence_prediction": ("next_sentence_prediction", {}),
-    "sequence_classification": ("sequence_classification", {}),
-    "multiple_choice": ("multiple_choice", {}),
-    "token_classification": ("token_classification", {}),
-    "question_answering": ("question_answering", {"num_labels": 2}),
-}
 
-TASKS: dict[str, str] = {
+@dataclass(frozen=True)
+class Family:
+    config_class: str  # HF's config class
+    classes: dict[str, str]  # task -> HF PyTorch class
+    flax_classes: dict[str, str | None]  # task -> HF Flax class, None when HF has none
+    config: dict[str, Any]  # the small config, read by both HF's and tandem's config classes
+    manifests: dict[str, tuple[str, dict[str, Any]]]  # manifest name -> (task, config overrides)
+
+
+def _tasks(names: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """One manifest per task; question answering needs num_labels == 2 (start and end logits)."""
+    return {task: (task, {"num_labels": 2} if task == "question_answering" else {}) for task in names}
+
+
+def _flax(classes: dict[str, str], renamed: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    renamed = renamed or {}
+    out: dict[str, str | None] = {}
+    for task, name in classes.items():
+        flax = renamed.get(task, "Flax" + name)
+        out[task] = flax if hasattr(transformers, flax) else None
+    return out
+
+
+BERT_CLASSES = {
     "base": "BertModel",
     "pretraining": "BertForPreTraining",
     "masked_lm": "BertForMaskedLM",
@@ -60,6 +65,134 @@ TASKS: dict[str, str] = {
     "multiple_choice": "BertForMultipleChoice",
     "token_classification": "BertForTokenClassification",
     "question_answering": "BertForQuestionAnswering",
+    "causal_lm": "BertLMHeadModel",
+}
+ALBERT_CLASSES = {
+    "base": "AlbertModel",
+    "pretraining": "AlbertForPreTraining",
+    "masked_lm": "AlbertForMaskedLM",
+    "sequence_classification": "AlbertForSequenceClassification",
+    "multiple_choice": "AlbertForMultipleChoice",
+    "token_classification": "AlbertForTokenClassification",
+    "question_answering": "AlbertForQuestionAnswering",
+}
+BIG_BIRD_CLASSES = {
+    "base": "BigBirdModel",
+    "pretraining": "BigBirdForPreTraining",
+    "masked_lm": "BigBirdForMaskedLM",
+    "sequence_classification": "BigBirdForSequenceClassification",
+    "multiple_choice": "BigBirdForMultipleChoice",
+    "token_classification": "BigBirdForTokenClassification",
+    "question_answering": "BigBirdForQuestionAnswering",
+    "causal_lm": "BigBirdForCausalLM",
+}
+SQUEEZEBERT_CLASSES = {
+    "base": "SqueezeBertModel",
+    "masked_lm": "SqueezeBertForMaskedLM",
+    "sequence_classification": "SqueezeBertForSequenceClassification",
+    "multiple_choice": "SqueezeBertForMultipleChoice",
+    "token_classification": "SqueezeBertForTokenClassification",
+    "question_answering": "SqueezeBertForQuestionAnswering",
+}
+DECODER = {"is_decoder": True}
+CROSS = {"is_decoder": True, "add_cross_attention": True}
+UNTIED = {"tie_word_embeddings": False}
+
+# Distinct sizes everywhere, so that a transposed or swapped tensor cannot keep its shape by accident. The
+# untied MLMs pin the one layout difference tying makes (torch decoder.weight is its own tensor, flax gains
+# <head>/decoder/kernel); the causal LMs are decoders, with and without cross-attention.
+FAMILIES: dict[str, Family] = {
+    "bert": Family(
+        "BertConfig",
+        BERT_CLASSES,
+        _flax(BERT_CLASSES, {"causal_lm": "FlaxBertForCausalLM"}),
+        {
+            "vocab_size": 101,
+            "hidden_size": 24,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 40,
+            "max_position_embeddings": 33,
+            "type_vocab_size": 3,
+            "num_labels": 5,
+        },
+        {
+            **_tasks(BERT_CLASSES),
+            "masked_lm_untied": ("masked_lm", UNTIED),
+            "causal_lm": ("causal_lm", DECODER),
+            "causal_lm_cross_attention": ("causal_lm", CROSS),
+        },
+    ),
+    "albert": Family(
+        "AlbertConfig",
+        ALBERT_CLASSES,
+        _flax(ALBERT_CLASSES),
+        # 3 layers over 2 groups of 2 inner layers: HF's group index truncates 3 / 2 (layers 0, 1 -> group 0).
+        {
+            "vocab_size": 97,
+            "embedding_size": 20,
+            "hidden_size": 36,
+            "num_hidden_layers": 3,
+            "num_hidden_groups": 2,
+            "inner_group_num": 2,
+            "num_attention_heads": 3,
+            "intermediate_size": 53,
+            "max_position_embeddings": 41,
+            "type_vocab_size": 3,
+            "num_labels": 5,
+        },
+        {**_tasks(ALBERT_CLASSES), "masked_lm_untied": ("masked_lm", UNTIED)},
+    ),
+    "big_bird": Family(
+        "BigBirdConfig",
+        BIG_BIRD_CLASSES,
+        _flax(BIG_BIRD_CLASSES),
+        # HF Flax initialises block-sparse models on 12 blocks: max_position_embeddings >= 12 * block_size.
+        {
+            "vocab_size": 97,
+            "hidden_size": 36,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 53,
+            "max_position_embeddings": 67,
+            "type_vocab_size": 3,
+            "num_labels": 5,
+            "attention_type": "block_sparse",
+            "block_size": 4,
+            "num_random_blocks": 1,
+            "sep_token_id": 5,
+        },
+        {
+            **_tasks(BIG_BIRD_CLASSES),
+            "causal_lm": ("causal_lm", DECODER),
+            "causal_lm_cross_attention": ("causal_lm", CROSS),
+        },
+    ),
+    "squeezebert": Family(
+        "SqueezeBertConfig",
+        SQUEEZEBERT_CLASSES,
+        _flax(SQUEEZEBERT_CLASSES),
+        # HF needs embedding_size == hidden_size; every grouped conv gets its own group count, so each
+        # (out, in / groups, 1) weight has its own shape.
+        {
+            "vocab_size": 97,
+            "embedding_size": 36,
+            "hidden_size": 36,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 52,
+            "q_groups": 4,
+            "k_groups": 2,
+            "v_groups": 1,
+            "post_attention_groups": 3,
+            "intermediate_groups": 2,
+            "output_groups": 4,
+            "max_position_embeddings": 41,
+            "type_vocab_size": 3,
+            "num_labels": 5,
+        },
+        _tasks(SQUEEZEBERT_CLASSES),
+    ),
 }
 
 
@@ -74,22 +207,85 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def manifest(task: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    config_kwargs = {**CONFIG, **overrides}
-    config = transformers.BertConfig(**config_kwargs)
-    torch.manual_seed(0)
-    torch_model = getattr(transformers, TASKS[task])(config)
+def _tied(model: torch.nn.Module) -> dict[str, str]:
+    """HF's tied aliases: state_dict keys that share storage with another key and that HF names as tied."""
+    tied_names = model._tied_weights_keys or []
+    groups: dict[int, list[str]] = {}
+    for key, value in model.state_dict().items():
+        groups.setdefault(value.data_ptr(), []).append(key)
+    out = {}
+    for keys in groups.values():
+        if len(keys) == 1:
+            continue
+        aliases = [k for k in keys if any(k == t or k.endswith("." + t) for t in tied_names)]
+        canonical = [k for k in keys if k not in aliases]
+        assert len(canonical) == 1, f"cannot tell the tied alias among {keys}"
+        out |= {alias: canonical[0] for alias in aliases}
+    return dict(sorted(out.items()))
+
+
+def _flax_params(name: str, config: transformers.PretrainedConfig) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # HF's Flax deprecation notice
-        flax_model = getattr(transformers, "Flax" + TASKS[task])(config, seed=0)
-    return {
+        return _flatten(getattr(transformers, name)(config, seed=0).params)
+
+
+def _hf_config(family: Family, overrides: Mapping[str, Any]) -> transformers.PretrainedConfig:
+    """A fresh HF config per model: HF's BigBird decoders switch their config to full attention in place."""
+    return getattr(transformers, family.config_class)(**{**family.config, **overrides})
+
+
+def _pooler_absent(family: Family, torch_keys: list[str], flax_keys: list[str]) -> list[list[Any]]:
+    """The pooler params HF Flax leaves out of this head while HF PyTorch keeps them, in HF Flax's naming."""
+    reference = family.flax_classes.get("pretraining")
+    if reference is None:
+        return []
+    flax_class = getattr(transformers, reference)
+    prefix = flax_class.base_model_prefix
+    if not any(k.startswith(f"{prefix}.pooler.") for k in torch_keys):
+        return []
+    if any(k.startswith(f"{prefix}/pooler/") for k in flax_keys):
+        return []
+    full = _flax_params(reference, _hf_config(family, {}))
+    return sorted([k, list(np.shape(v))] for k, v in full.items() if k.startswith(f"{prefix}/pooler/"))
+
+
+def manifest(family_name: str, task: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    family = FAMILIES[family_name]
+    config_kwargs = {**family.config, **overrides}
+    torch.manual_seed(0)
+    torch_model = getattr(transformers, family.classes[task])(_hf_config(family, overrides))
+    torch_entries = sorted([k, list(v.shape)] for k, v in torch_model.state_dict().items())
+    flax_class = family.flax_classes[task]
+    out: dict[str, Any] = {
+        "family": family_name,
         "task": task,
-        "hf_torch_class": TASKS[task],
-        "hf_flax_class": "Flax" + TASKS[task],
+        "hf_torch_class": family.classes[task],
+        "hf_flax_class": flax_class,
+        "transformers": transformers.__version__,
         "config": config_kwargs,
-        "torch": sorted([k, list(v.shape)] for k, v in torch_model.state_dict().items()),
-        "flax": sorted([k, list(np.shape(v))] for k, v in _flatten(flax_model.params).items()),
+        "torch_tied": _tied(torch_model),
     }
+    if flax_class is None:
+        out["flax_absent_reason"] = (
+            f"transformers {transformers.__version__} has no Flax class for {family.classes[task]}: "
+            "tandem's flax tree is checked against the torch manifest through tandem's own layout instead"
+        )
+        out["torch"] = torch_entries
+        out["flax"] = None
+        return out
+    flax_params = _flax_params(flax_class, _hf_config(family, overrides))
+    flax_entries = sorted([k, list(np.shape(v))] for k, v in flax_params.items())
+    absent = _pooler_absent(family, [k for k, _ in torch_entries], [k for k, _ in flax_entries])
+    if absent:
+        out["flax_pooler_absent_reason"] = (
+            f"HF Flax {flax_class} has no pooler while HF PyTorch {family.classes[task]} has one; these are "
+            f"the pooler params of HF Flax {family.flax_classes['pretraining']} at the same path"
+        )
+    out["torch"] = torch_entries
+    out["flax"] = flax_entries
+    out["flax_pooler_absent"] = absent
+    return out
 
 
 def dumps(data: Mapping[str, Any]) -> str:
@@ -98,9 +294,9 @@ def dumps(data: Mapping[str, Any]) -> str:
     items = list(data.items())
     for i, (name, value) in enumerate(items):
         comma = "," if i < len(items) - 1 else ""
-        if name in ("torch", "flax"):
+        if isinstance(value, list) and value and isinstance(value[0], list):
             entries = ",\n".join(f"    {json.dumps(entry)}" for entry in value)
-            lines.append(f'  "{name}": [\n{entries}\n  ]{comma}')
+            lines.append(f"  {json.dumps(name)}: [\n{entries}\n  ]{comma}")
         else:
             lines.append(f"  {json.dumps(name)}: {json.dumps(value)}{comma}")
     lines.append("}")
@@ -108,10 +304,16 @@ def dumps(data: Mapping[str, Any]) -> str:
 
 
 def main() -> None:
-    for name, (task, overrides) in MANIFESTS.items():
-        path = HERE / f"bert_{name}.json"
-        path.write_text(dumps(manifest(task, overrides)))
-        print(f"wrote {path}")
+    written = set()
+    for family_name, family in FAMILIES.items():
+        for name, (task, overrides) in family.manifests.items():
+            path = HERE / f"{family_name}_{name}.json"
+            path.write_text(dumps(manifest(family_name, task, overrides)))
+            written.add(path)
+            print(f"wrote {path}")
+    for stale in sorted(set(HERE.glob("*.json")) - written):
+        stale.unlink()
+        print(f"removed {stale}")
 
 
 if __name__ == "__main__":
