@@ -8,7 +8,7 @@ from typing import Any, Literal
 from ..core.checkpoint import match_weights, read_weights, save_checkpoint, task_for_checkpoint
 from ..core.config import FamilyConfig
 from ..core.families import build_graph, config_from_hf
-from ..core.formats import Format
+from ..core.io import Format
 from ..core.params import init_params
 from . import load_backend
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import FamilyConfig
 from .families import FAMILIES, Family, build_graph, family_of
-from .formats import (
+from .io import (
     Checkpoint,
     CheckpointError,
     Deferred,

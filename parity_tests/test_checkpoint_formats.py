@@ -36,8 +36,9 @@ from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_
 import tandem
 from tandem.backends import load_backend
 from tandem.core import build_graph, config_from_hf, param_entries
-from tandem.core import formats as fmt
+from tandem.core import io as fmt
 from tandem.core.checkpoint import match_weights, read_weights, save_checkpoint
+from tandem.core.io import _tensors
 from tandem.tools.cli import main
 from tandem.tools.convert import ProgressBar, convert
 
@@ -576,7 +577,7 @@ def test_a_failed_write_leaves_nothing_behind(
     convert(source.dirs["safetensors-sharded"], existing, to=to, format=target, max_shard_size=SHARD)
     before = _snapshot(existing)
     written = []
-    real = fmt._materialise
+    real = _tensors.materialise
 
     def failing(name: str, tensor: Any) -> np.ndarray:
         if len(written) == 5:  # mid-file, after some tensors were written
@@ -584,7 +585,7 @@ def test_a_failed_write_leaves_nothing_behind(
         written.append(name)
         return real(name, tensor)
 
-    monkeypatch.setattr(fmt, "_materialise", failing)
+    monkeypatch.setattr(_tensors, "materialise", failing)
     with pytest.raises(type(error)):
         convert(source.dirs["safetensors"], existing, to=to, format=target)
     assert _snapshot(existing) == before  # the old sharded checkpoint is untouched, no temporary left

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from ..core.checkpoint import plan_conversion, read_weights
 from ..core.families import config_from_hf
-from ..core.formats import FORMATS, Format, Layout, float_dtype, nbytes, write_checkpoint
+from ..core.io import FORMATS, Format, Layout, float_dtype, nbytes, write_checkpoint
 
 # The formats each framework's HF classes load; the first is the default.
 TARGETS: dict[Layout, tuple[Format, ...]] = {"torch": ("safetensors", "bin"), "flax": ("msgpack", "safetensors")}
