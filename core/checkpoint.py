@@ -2,18 +2,18 @@
 
 A checkpoint's tensors are named in one of two layouts: HF PyTorch keys (``bert.encoder.layer.0.
 attention.self.query.weight``, torch shapes) or HF Flax param paths (``bert/encoder/layer/0/attention/
-self/query/kernel``, flax shapes). Both are matched to the graph through :func:`param_entries`, which
-gives every parameter its key, its flax path and its declared layout rule; nothing is guessed from names.
+self/query/kernel``, flax shapes). Both are matched to the graph through the layout
+(:func:`~tandem.core.params.param_entries`), and everything else a checkpoint may hold is declared by the
+graph too: older parameter names (``ParamSpec.legacy_names``), buffers that are not parameters
+(``Node.buffers``), parameters HF Flax's class lacks (``ModelGraph.flax_absent``) and the base-model
+prefix (``ModelGraph.base_prefix``). Nothing is guessed from a name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import FamilyConfig
-from .families import FAMILIES, Family, build_graph, family_of
+from .families import build_graph, family_of
 from .io import (
     Checkpoint,
     CheckpointError,
@@ -36,10 +36,6 @@ from .io import (
 from .nodes import ModelGraph
 from .params import ParamEntry, init_params, param_entries, torch_aliases, walk
 
-# Torch buffers that old checkpoints may carry; they are not parameters.
-_BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
-# TF-era LayerNorm names.
-_LEGACY_NAMES = {"gamma": "weight", "beta": "bias"}
 _SEPARATOR = {"torch": ".", "flax": "/"}
 
 __all__ = [
@@ -47,7 +43,6 @@ __all__ = [
     "CheckpointError",
     "LoadReport",
     "Match",
-    "atomic_write",
     "match_weights",
     "plan_conversion",
     "read_weights",
@@ -97,18 +92,14 @@ def _strip(name: str, prefix: str, sep: str) -> str:
     return name[len(prefix) + 1 :] if prefix and name.startswith(prefix + sep) else name
 
 
-def _entry_name(entry: ParamEntry, layout: Layout) -> str:
-    return entry.key if layout == "torch" else "/".join(entry.flax_path)
-
-
-def _entry_shape(entry: ParamEntry, layout: Layout) -> tuple[int, ...]:
-    return entry.spec.shape if layout == "torch" else entry.flax_shape
+def _neutral(graph: ModelGraph, entry: ParamEntry, layout: Layout) -> str:
+    """A parameter's checkpoint name in ``layout`` without the base-model prefix."""
+    return _strip(entry.name(layout), graph.backbone.path, _SEPARATOR[layout])
 
 
 def _graph_names(graph: ModelGraph, layout: Layout) -> dict[str, ParamEntry]:
-    """The graph's parameters by checkpoint name with the base-model prefix removed ("neutral" names)."""
-    prefix, sep = graph.backbone.path, _SEPARATOR[layout]
-    return {_strip(_entry_name(e, layout), prefix, sep): e for e in param_entries(graph)}
+    """The graph's parameters by neutral name (checkpoint name without the base-model prefix)."""
+    return {_neutral(graph, e, layout): e for e in param_entries(graph)}
 
 
 def _alias_names(graph: ModelGraph) -> dict[str, str]:
@@ -116,19 +107,43 @@ def _alias_names(graph: ModelGraph) -> dict[str, str]:
     return {_strip(a, prefix, "."): _strip(c, prefix, ".") for a, c in torch_aliases(graph).items()}
 
 
-def _checkpoint_names(weights: Mapping[str, np.ndarray], family: Family, layout: Layout) -> tuple[dict[str, str], bool]:
-    """Neutral name -> checkpoint name (buffers dropped, TF-era names renamed), and whether it is prefixed."""
+def _declared_names(graph: ModelGraph, layout: Layout) -> tuple[dict[str, str], set[str]]:
+    """What else the graph declares a checkpoint may hold, as neutral names: older names of parameters
+    (legacy name -> current name) and buffers that are not parameters (torch layout only)."""
+    legacy: dict[str, str] = {}
+    buffers: set[str] = set()
+    if layout != "torch":
+        return legacy, buffers
+    prefix = graph.backbone.path
+    for path, node in walk(graph):
+        buffers.update(_strip(f"{path}.{b}" if path else b, prefix, ".") for b in node.buffers())
+    for entry in param_entries(graph):
+        head = entry.key[: -len(entry.spec.name)]
+        for old in entry.spec.legacy_names:
+            legacy[_strip(head + old, prefix, ".")] = _neutral(graph, entry, "torch")
+    return legacy, buffers
+
+
+def _checkpoint_names(
+    weights: Mapping[str, np.ndarray], graph: ModelGraph, layout: Layout
+) -> tuple[dict[str, str], bool]:
+    """Neutral name -> checkpoint name (declared buffers dropped, legacy names renamed), and whether the
+    checkpoint nests the base model under the graph's base-model prefix."""
     sep = _SEPARATOR[layout]
-    names = [k for k in weights if not (layout == "torch" and k.endswith(_BUFFER_SUFFIXES))]
-    prefixed = any(k.startswith(family.base_prefix + sep) for k in names)
+    legacy, buffers = _declared_names(graph, layout)
+    prefixed = any(k.startswith(graph.base_prefix + sep) for k in weights)
     out = {}
-    for name in names:
-        neutral = _strip(name, family.base_prefix if prefixed else "", sep)
-        if layout == "torch":
-            head, _, last = neutral.rpartition(".")
-            neutral = f"{head}.{_LEGACY_NAMES[last]}" if last in _LEGACY_NAMES else neutral
-        out[neutral] = name
+    for name in weights:
+        neutral = _strip(name, graph.base_prefix if prefixed else "", sep)
+        if neutral not in buffers:
+            out[legacy.get(neutral, neutral)] = name
     return out, prefixed
+
+
+def _flax_absent(graph: ModelGraph) -> set[str]:
+    """Keys of the parameters HF Flax's class for this graph's task lacks."""
+    nodes = tuple(path + "." for path in graph.flax_absent)
+    return {e.key for e in param_entries(graph) if e.key.startswith(nodes)}
 
 
 @dataclass
@@ -137,10 +152,10 @@ class Match:
 
     graph: ModelGraph
     layout: Layout
-    prefixed: bool  # whether the checkpoint nests the base model under the family prefix
+    prefixed: bool  # whether the checkpoint nests the base model under the base-model prefix
     found: dict[str, str] = field(default_factory=dict)  # graph key -> checkpoint name
     missing: list[ParamEntry] = field(default_factory=list)
-    pooler_absent: list[ParamEntry] = field(default_factory=list)  # flax only: see _match
+    flax_absent: list[ParamEntry] = field(default_factory=list)  # missing, as HF Flax's class lacks them
     mismatched: list[tuple[ParamEntry, str, tuple[int, ...]]] = field(default_factory=list)  # entry, name, shape
     left: dict[str, str] = field(default_factory=dict)  # neutral name -> checkpoint name, matched by nothing
 
@@ -150,66 +165,45 @@ class Match:
 
     def mismatch_lines(self) -> list[str]:
         return [
-            f"{name}: expected {_entry_shape(entry, self.layout)}, checkpoint has {shape}"
+            f"{name}: expected {entry.shape(self.layout)}, checkpoint has {shape}"
             for entry, name, shape in self.mismatched
         ]
 
 
-def _match(graph: ModelGraph, family: Family, weights: Mapping[str, np.ndarray]) -> Match:
+def _match(graph: ModelGraph, weights: Mapping[str, np.ndarray]) -> Match:
     layout = _layout(weights)
-    ckpt, prefixed = _checkpoint_names(weights, family, layout)
+    ckpt, prefixed = _checkpoint_names(weights, graph, layout)
     if layout == "torch":
         for alias, canonical in _alias_names(graph).items():  # a tied alias may stand in for its canonical key
             if alias in ckpt and canonical not in ckpt:
                 ckpt[canonical] = ckpt[alias]
             ckpt.pop(alias, None)
     match = Match(graph, layout, prefixed)
-    # HF Flax builds some heads without the pooler HF PyTorch gives them (BigBird's masked LM): a flax
-    # checkpoint may lack it. Those weights are then initialised on load and not written on conversion.
-    pooler = _pooler_keys(graph) if layout == "flax" else set()
+    absent = _flax_absent(graph) if layout == "flax" else set()
     for neutral, entry in _graph_names(graph, layout).items():
         name = ckpt.pop(neutral, None)
         if name is None:
-            (match.pooler_absent if entry.key in pooler else match.missing).append(entry)
-        elif tuple(weights[name].shape) != _entry_shape(entry, layout):
+            (match.flax_absent if entry.key in absent else match.missing).append(entry)
+        elif tuple(weights[name].shape) != entry.shape(layout):
             match.mismatched.append((entry, name, tuple(weights[name].shape)))
         else:
             match.found[entry.key] = name
     match.left = ckpt
-    _check_family(family, weights, match)
+    _check_family(graph, weights, match)
     return match
 
 
-def _pooler_keys(graph: ModelGraph) -> set[str]:
-    pooler = graph.backbone.pooler
-    if pooler is None:
-        return set()
-    nodes = [node for _, node in walk(pooler)]
-    return {e.key for e in param_entries(graph) if any(e.node is node for node in nodes)}
-
-
-def _shape_free(name: str) -> str:
-    """A name with its layer indices replaced, so that names compare across depths."""
-    return re.sub(r"(?<=[./])\d+(?=[./]|$)", "#", name)
-
-
-def _check_family(family: Family, weights: Mapping[str, np.ndarray], match: Match) -> None:
-    """Raise when the weights plainly belong to another family than the config's (too few names fit)."""
-    if len(match.found) * 2 >= len(match.found) + len(match.missing) + len(match.mismatched):
+def _check_family(graph: ModelGraph, weights: Mapping[str, np.ndarray], match: Match) -> None:
+    """Raise when most of the graph's parameters are not in the checkpoint and most of its tensors are
+    unknown: the config's ``model_type`` does not describe these weights."""
+    expected = len(match.found) + len(match.missing) + len(match.mismatched)
+    if len(match.found) * 2 >= expected or len(match.left) * 2 <= len(weights):
         return
-    layout = match.layout
-    scores = {}
-    for other in FAMILIES.values():
-        known = {_shape_free(n) for n in _graph_names(build_graph(other.config_class(), "base"), layout)}
-        ckpt, _ = _checkpoint_names(weights, other, layout)
-        scores[other.name] = sum(_shape_free(n) in known for n in ckpt)
-    best = max(scores, key=lambda name: scores[name])
-    if scores[best] > scores[family.name] and scores[best] * 2 > len(weights):
-        raise CheckpointError(
-            f"the config's model_type is {family.name!r}, but the checkpoint holds {best} weights: "
-            f"{scores[best]} of its {len(weights)} tensors have {best} names, {scores[family.name]} have "
-            f"{family.name} names. Check config.json's model_type."
-        )
+    raise CheckpointError(
+        f"the config's model_type is {graph.family!r}, but {len(match.left)} of the checkpoint's {len(weights)} "
+        f"tensors are not {graph.family} parameters and only {len(match.found)} of the model's {expected} "
+        f"parameters were found (e.g. {next(iter(match.left.values()))!r}). Check config.json's model_type."
+    )
 
 
 def _problems(match: Match, unexpected: list[str], missing: list[str], what: str) -> list[str]:
@@ -240,21 +234,21 @@ def match_weights(
     shape mismatch, raises :class:`CheckpointError` naming the keys, unless ``strict=False``. Weights stored
     in float16 or bfloat16 load as float32 (HF's default); the backend then applies the model's dtype.
     """
-    family = family_of(config)
-    match = _match(graph, family, weights)
+    match = _match(graph, weights)
     layout = match.layout
     if checkpoint_task is None:
         checkpoint_task = "base" if (graph.backbone.path and not match.prefixed) else graph.task
     theirs = set(_graph_names(graph, layout))
     if checkpoint_task != graph.task:
         other = build_graph(config, checkpoint_task)
-        theirs = set(_graph_names(other, layout)) | (set(_alias_names(other)) if layout == "torch" else set())
-    prefix, sep = graph.backbone.path, _SEPARATOR[layout]
+        absent = _flax_absent(other) if layout == "flax" else set()
+        theirs = {n for n, e in _graph_names(other, layout).items() if e.key not in absent}
+        theirs |= set(_alias_names(other)) if layout == "torch" else set()
 
-    report = LoadReport(initialised=[e.key for e in match.pooler_absent], mismatched=match.mismatch_lines())
+    report = LoadReport(initialised=[e.key for e in match.flax_absent], mismatched=match.mismatch_lines())
     missing = []
     for entry in match.missing:
-        (missing if _strip(_entry_name(entry, layout), prefix, sep) in theirs else report.initialised).append(entry.key)
+        (missing if _neutral(graph, entry, layout) in theirs else report.initialised).append(entry.key)
     unexpected = []
     for neutral, name in match.left.items():
         (report.unused if neutral in theirs else unexpected).append(name)
@@ -285,6 +279,30 @@ def match_weights(
     return out, report
 
 
+def _target(graph: ModelGraph, entry: ParamEntry, to: Layout, prefixed: bool) -> str:
+    """The name ``entry`` is written under in layout ``to``: base-model parameters nested under the
+    base-model prefix exactly when the source checkpoint nests them."""
+    name, sep, path = entry.name(to), _SEPARATOR[to], graph.backbone.path
+    if path and not name.startswith(path + sep):
+        return name  # a head's parameter
+    neutral = _strip(name, path, sep)
+    return graph.base_prefix + sep + neutral if prefixed else neutral
+
+
+def family_parameters(config: FamilyConfig, layout: Layout) -> dict[str, tuple[ModelGraph, ParamEntry]]:
+    """Every parameter any task of the config's family declares, by neutral name in ``layout`` (the first
+    task that declares a name gives its entry): the layout rules of heads a checkpoint holds beyond its class."""
+    table: dict[str, tuple[ModelGraph, ParamEntry]] = {}
+    family = family_of(config)
+    with warnings.catch_warnings():  # a builder's advice about a task built only for its parameter table
+        warnings.simplefilter("ignore")
+        graphs = [build_graph(config, task) for task in family.tasks]
+    for graph in graphs:
+        for neutral, entry in _graph_names(graph, layout).items():
+            table.setdefault(neutral, (graph, entry))
+    return table
+
+
 def plan_conversion(
     config: FamilyConfig,
     weights: Mapping[str, np.ndarray],
@@ -294,71 +312,41 @@ def plan_conversion(
 ) -> tuple[Match, dict[str, Deferred]]:
     """Every tensor of a checkpoint, renamed and laid out for ``to``, made only when written.
 
-    The graph is the one of the task ``architectures`` names (else ``base``) when it fits the tensors
-    exactly, else the first of the family's tasks that does (a checkpoint saved with more heads than its
-    declared class, as bert-base-uncased is). Each parameter keeps whether the checkpoint nests it under
-    the base-model prefix; tied aliases (``cls.predictions.decoder.weight``) and torch buffers are not
-    written, as HF does not write them. Floating tensors are cast to ``dtype`` when given. With
-    ``strict=False`` the declared task's graph converts what fits and the returned match lists the rest;
-    otherwise anything missing, unexpected or mis-shaped raises :class:`CheckpointError`.
+    The graph is the one of the task ``architectures`` names (else ``base``). Tensors of heads the
+    checkpoint holds beyond its class (bert-base-uncased declares ``BertForMaskedLM`` and holds the
+    pretraining heads) are converted by the rules of the family task that declares them
+    (:func:`family_parameters`). Each parameter keeps whether the checkpoint nests it under the base-model
+    prefix; tied aliases (``cls.predictions.decoder.weight``) and declared buffers are not written, as HF
+    does not write them. Floating tensors are cast to ``dtype`` when given. With ``strict=False`` what fits
+    is converted and the returned match lists the rest; otherwise anything missing, unexpected or
+    mis-shaped raises :class:`CheckpointError`.
     """
     family = family_of(config)
-    architectures = getattr(config, "architectures", None) or []
-    declared = next((task for arch in architectures if (task := family.task_of(arch))), "base")
-    first = match = _match(build_graph(config, declared), family, weights)
-    for task in family.tasks if not first.clean else ():
-        with warnings.catch_warnings():  # a builder's advice about a task we only try for its names
-            warnings.simplefilter("ignore")
-            candidate = _match(build_graph(config, task), family, weights)
-        if candidate.clean:
-            match = candidate
-            break
-    if not match.clean and strict:
-        layout = first.layout
-        missing = [_entry_name(e, layout) for e in first.missing]
-        problems = _problems(first, list(first.left.values()), missing, f"any {family.name} task")
-        raise CheckpointError(
-            f"checkpoint does not fit {family.name} {declared} (nor any other {family.name} task): "
-            + "\n".join(problems)
-        )
+    declared = task_for_checkpoint(config) or "base"
+    match = _match(build_graph(config, declared), weights)
     source = match.layout
-    prefix, sep = match.graph.backbone.path, _SEPARATOR[to]
+    planned: list[tuple[ModelGraph, ParamEntry, str]] = [
+        (match.graph, entry, match.found[entry.key]) for entry in param_entries(match.graph) if entry.key in match.found
+    ]
+    if match.left:
+        table = family_parameters(config, source)
+        for neutral, name in list(match.left.items()):
+            graph, entry = table.get(neutral, (None, None))
+            if entry is not None and tuple(weights[name].shape) == entry.shape(source):
+                planned.append((graph, entry, name))
+                del match.left[neutral]
+    if not match.clean and strict:
+        missing = [e.name(source) for e in match.missing]
+        problems = _problems(match, list(match.left.values()), missing, f"any {family.name} task")
+        raise CheckpointError(f"checkpoint does not fit {family.name} {declared}: " + "\n".join(problems))
     tensors = {}
-    for entry in param_entries(match.graph):
-        name = match.found.get(entry.key)
-        if name is None:
-            continue
-        target = _entry_name(entry, to)
-        if prefix and not match.prefixed:
-            target = _strip(target, prefix, sep)
-        elif not prefix and match.prefixed:
-            target = family.base_prefix + sep + target
+    for graph, entry, name in planned:
+        target = _target(graph, entry, to, match.prefixed)
         value = weights[name]
         out_dtype = np.dtype(dtype if dtype is not None and is_floating(value.dtype) else value.dtype)
-        view = value if source == to else np.transpose(value, _permutation(entry, to))
-        tensors[target] = Deferred(_entry_shape(entry, to), out_dtype, partial(np.asarray, view))
+        view = value if source == to else np.transpose(value, entry.permutation(to))
+        tensors[target] = Deferred(entry.shape(to), out_dtype, partial(np.asarray, view))
     return match, tensors
-
-
-def _permutation(entry: ParamEntry, to: Layout) -> tuple[int, ...]:
-    """The axis order that takes ``entry`` to layout ``to`` from the other one: its node's declared rule."""
-    rule = type(entry.node).flax_rules.get(entry.spec.name)
-    if rule is None or rule.permutation is None:
-        return tuple(range(len(entry.spec.shape)))
-    return rule.permutation if to == "flax" else tuple(int(i) for i in np.argsort(rule.permutation))
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(
@@ -387,6 +375,6 @@ def save_checkpoint(
         if layout == "torch":
             tensors[entry.key] = value
         else:
-            view = np.transpose(value, _permutation(entry, "flax"))
-            tensors["/".join(entry.flax_path)] = Deferred(entry.flax_shape, value.dtype, partial(np.asarray, view))
+            view = np.transpose(value, entry.permutation("flax"))
+            tensors[entry.name("flax")] = Deferred(entry.flax_shape, value.dtype, partial(np.asarray, view))
     return write_checkpoint(directory, tensors, format, layout, max_shard_size=max_shard_size, files=files)

@@ -1,20 +1,34 @@
-"""Parameters of a graph: enumeration, HF-style initialisation and the torch <-> flax layout rules.
+"""The weight layout: every parameter of a graph, its names, shapes, logical axes, init and conversion.
+
+This is the one place that knows how a parameter is laid out. Each node declares its parameters
+(:meth:`~tandem.core.nodes.Node.param_specs`: HF PyTorch name, torch-layout shape, logical axes, init) and
+its node kind declares one torch <-> flax rule (:class:`~tandem.core.nodes.FlaxRule`: the flax name and an
+axis permutation). :func:`param_entries` joins them with the node paths into :class:`ParamEntry` records,
+which loading, conversion, saving and both backend adapters read; nothing is guessed from names.
 
 The canonical form of a model's weights is a flat ``{HF PyTorch key: numpy array}`` dict (what a
-``model.safetensors`` holds). The flax form is the nested HF Flax params tree. Converting between them
-applies each node kind's declared :class:`~tandem.core.nodes.FlaxRule`; nothing is guessed from names.
+``model.safetensors`` holds). The flax form is the nested HF Flax params tree. Fresh weights come from
+:func:`init_params` alone, whatever the backend or entry point.
+
+Logical axes (the names :attr:`ParamSpec.axes` uses, in torch layout order; sharding rules map them to mesh
+axes): ``vocab`` (token rows), ``positions``, ``token_types``, ``embed`` (the model width), ``embed_factor``
+(a factorised embedding width, ALBERT's), ``heads`` (attention heads x head_dim, fused as the torch layout
+keeps them), ``mlp`` (the feed-forward width), ``classes`` (a task head's outputs), ``group_in`` and
+``conv_width`` (a grouped convolution's per-group input channels and its kernel width).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from .nodes import LMHead, ModelGraph, Node, NormalInit, OnesInit, ParamSpec, join
+
+Layout = Literal["torch", "flax"]
 
 
 @dataclass(frozen=True)
@@ -26,24 +40,30 @@ class ParamEntry:
     spec: ParamSpec
     node: Node
 
-    def to_flax(self, value: np.ndarray) -> np.ndarray:
+    def permutation(self, to: Layout) -> tuple[int, ...]:
+        """The axis order that takes this parameter to layout ``to`` from the other one (its node kind's
+        declared rule; the identity when the layouts agree)."""
         rule = type(self.node).flax_rules.get(self.spec.name)
-        if rule is not None and rule.permutation is not None:
-            return np.ascontiguousarray(np.transpose(value, rule.permutation))
-        return value
+        if rule is None or rule.permutation is None:
+            return tuple(range(len(self.spec.shape)))
+        return rule.permutation if to == "flax" else tuple(int(i) for i in np.argsort(rule.permutation))
+
+    def name(self, layout: Layout) -> str:
+        """The checkpoint name in ``layout``: the HF PyTorch key or the '/'-joined HF Flax path."""
+        return self.key if layout == "torch" else "/".join(self.flax_path)
+
+    def shape(self, layout: Layout) -> tuple[int, ...]:
+        return self.spec.shape if layout == "torch" else self.flax_shape
+
+    def to_flax(self, value: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.transpose(value, self.permutation("flax")))
 
     def from_flax(self, value: np.ndarray) -> np.ndarray:
-        rule = type(self.node).flax_rules.get(self.spec.name)
-        if rule is not None and rule.permutation is not None:
-            return np.ascontiguousarray(np.transpose(value, np.argsort(rule.permutation)))
-        return value
+        return np.ascontiguousarray(np.transpose(value, self.permutation("torch")))
 
     @property
     def flax_shape(self) -> tuple[int, ...]:
-        rule = type(self.node).flax_rules.get(self.spec.name)
-        if rule is not None and rule.permutation is not None:
-            return tuple(self.spec.shape[i] for i in rule.permutation)
-        return self.spec.shape
+        return tuple(self.spec.shape[i] for i in self.permutation("flax"))
 
 
 def walk(node: Node, prefix: str = "") -> Iterator[tuple[str, Node]]:
@@ -84,18 +104,22 @@ def torch_aliases(graph: ModelGraph) -> dict[str, str]:
     return aliases
 
 
-def init_params(graph: Node, seed: int = 0, only: set[str] | None = None) -> dict[str, np.ndarray]:
+def init_params(
+    graph: Node, seed: int | Sequence[int] = 0, only: set[str] | None = None
+) -> dict[str, np.ndarray]:
     """Fresh float32 weights following each parameter's declared init (HF's scheme), from one seed.
 
     Each parameter draws from its own generator (seeded by ``seed`` and its key), so a parameter's initial
-    value does not depend on which others are initialised with it.
+    value does not depend on which others are initialised with it. ``seed``: a non-negative int, or a
+    sequence of them (a JAX key's data).
     """
+    seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     out = {}
     for entry in param_entries(graph):
         if only is not None and entry.key not in only:
             continue
         spec = entry.spec
-        rng = np.random.default_rng([seed, zlib.crc32(entry.key.encode())])
+        rng = np.random.default_rng([*seeds, zlib.crc32(entry.key.encode())])
         if isinstance(spec.init, NormalInit):
             value = rng.standard_normal(spec.shape, dtype=np.float32) * np.float32(spec.init.std)
         elif isinstance(spec.init, OnesInit):
@@ -108,10 +132,12 @@ def init_params(graph: Node, seed: int = 0, only: set[str] | None = None) -> dic
     return out
 
 
-def to_flax_tree(graph: Node, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Canonical (torch-layout) weights -> the nested HF Flax params tree."""
+def to_flax_tree(
+    graph: Node, state: Mapping[str, np.ndarray], entries: Sequence[ParamEntry] | None = None
+) -> dict[str, Any]:
+    """Canonical (torch-layout) weights -> the nested HF Flax params tree (of ``entries``, default all)."""
     tree: dict[str, Any] = {}
-    for entry in param_entries(graph):
+    for entry in param_entries(graph) if entries is None else entries:
         node = tree
         for part in entry.flax_path[:-1]:
             node = node.setdefault(part, {})

@@ -6,9 +6,11 @@ Each comes from HF PyTorch ``<Class>.state_dict()`` and HF Flax ``Flax<Class>.pa
 a rename, a missing alias or a transposed kernel fails here. Two recorded exceptions, both asserted exactly:
 
 - ``flax_pooler_absent``: HF Flax drops the pooler from some heads that HF PyTorch keeps it in (BigBird's
-  LMs and token classification). tandem keeps HF PyTorch's pooler in both backends (a flax checkpoint
-  without it loads, the pooler initialised: ``pooler_absent`` in ``core/checkpoint.py``), so its flax tree
-  is the HF Flax tree plus exactly these entries.
+  LMs and token classification). tandem keeps HF PyTorch's pooler in both backends and declares the
+  difference (``ModelGraph.flax_absent``: a flax checkpoint without it loads, the pooler initialised), so its
+  flax tree is the HF Flax tree plus exactly these entries, and the graph declares exactly them.
+- ALBERT's sentence-order head: HF Flax builds it as ``Dense(2)`` whatever ``num_labels`` says, HF PyTorch
+  as ``Linear(hidden, num_labels)``; tandem follows HF PyTorch in both backends (:data:`FLAX_SHAPES`).
 - ``"flax": null``: HF has no Flax class (SqueezeBERT). tandem's flax params, written out through tandem's
   own flax -> torch layout (``save_pretrained``), must then give the HF PyTorch checkpoint's keys and shapes.
 
@@ -30,6 +32,7 @@ from safetensors import safe_open
 
 import tandem
 from tandem.core.families import FAMILIES
+from tandem.core.params import param_entries
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 MANIFESTS = sorted(GOLDEN.glob("*.json"))
@@ -88,9 +91,38 @@ def _diff(ours: Entries, golden: Entries, what: str = "HF") -> str:
     return f"parameter manifest differs from {what}:\n" + "\n".join(lines)
 
 
+# Flax shapes where HF Flax departs from HF PyTorch and tandem follows HF PyTorch: (family, task) -> flax path
+# -> the HF PyTorch shape's source in the torch manifest (see the module docstring).
+FLAX_SHAPES: dict[tuple[str, str], dict[str, tuple[str, tuple[int, ...]]]] = {
+    ("albert", "pretraining"): {
+        "sop_classifier/classifier/kernel": ("sop_classifier.classifier.weight", (1, 0)),
+        "sop_classifier/classifier/bias": ("sop_classifier.classifier.bias", (0,)),
+    },
+}
+
+
 def _expected_flax(golden: Mapping[str, Any]) -> Entries:
-    """HF Flax's tree plus the pooler HF Flax leaves out and tandem keeps (see the module docstring)."""
-    return _as_pairs(golden["flax"] + golden["flax_pooler_absent"])
+    """HF Flax's tree plus the pooler HF Flax leaves out and tandem keeps, with the shapes of
+    :data:`FLAX_SHAPES` taken from HF PyTorch (see the module docstring)."""
+    torch_shapes = {key: shape for key, shape in golden["torch"]}
+    overrides = FLAX_SHAPES.get((golden["family"], golden["task"]), {})
+    entries = []
+    for key, shape in golden["flax"] + golden["flax_pooler_absent"]:
+        if key in overrides:
+            source, order = overrides[key]
+            shape = [torch_shapes[source][i] for i in order]
+        entries.append([key, shape])
+    return _as_pairs(entries)
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=IDS)
+def test_graph_declares_what_hf_flax_lacks(path: Path) -> None:
+    """The params HF Flax's class lacks are exactly those under the graph's ``flax_absent`` nodes."""
+    golden = _load(path)
+    graph = tandem.build_graph(_config(golden), golden["task"])
+    nodes = tuple(p + "." for p in graph.flax_absent)
+    declared = sorted(e.name("flax") for e in param_entries(graph) if e.key.startswith(nodes))
+    assert declared == sorted(key for key, _ in golden.get("flax_pooler_absent") or [])
 
 
 def test_every_registered_task_has_a_manifest() -> None:

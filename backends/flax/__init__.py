@@ -13,7 +13,8 @@ from ...core.nodes import ModelGraph
 from ...core.outputs import ModelOutput
 from ...core.params import from_flax_tree
 from .generation import decoder_session, to_numpy
-from .model import FlaxModel, GraphModule, create_params
+from .model import FlaxModel
+from .module import GraphModule, create_params
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 
 from ...core import nodes as n
 from ...core.block_sparse import random_blocks
+from ...core.call import CrossInputs, EncoderOutput, HeadInputs, LayerOutput, lookup
 from .block_sparse import block_sparse_attention
+from .losses import LOSSES
 
 Array = jax.Array
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -55,6 +57,7 @@ class Context:
     dropout_rng: Array | None = None
     block_sparse: bool = False  # this call runs block-sparse layers (decided by the backbone's policy)
     block_sparse_seed: int = 0  # seeds the random-block plan in training
+    cache_index: Array | None = None  # with a fixed-size cache: the slots filled before this call
     _draws: int = field(default=0)
 
     def get(self, path: str) -> Mapping[str, Array]:
@@ -92,10 +95,9 @@ def conv1x1(node: n.GroupedConv1x1, path: str, x: Array, ctx: Context) -> Array:
     return y + ctx.cast(p["bias"]) if node.bias else y
 
 
-def project(node: n.Linear | n.GroupedConv1x1, path: str, x: Array, ctx: Context) -> Array:
-    if isinstance(node, n.GroupedConv1x1):
-        return conv1x1(node, path, x, ctx)
-    return linear(node, path, x, ctx)
+def project(node: n.Projection, path: str, x: Array, ctx: Context) -> Array:
+    """A position-wise projection of any registered kind (dense, grouped 1x1 convolution)."""
+    return lookup(IMPLS, "flax", node, path)(node, path, x, ctx)
 
 
 # A position-wise block over many rows (the feed-forward) runs in chunks of about this many bytes of its
@@ -258,23 +260,6 @@ def add_norm(node: n.AddNorm, path: str, x: Array, residual: Array, ctx: Context
 CacheEntry = tuple[Array, ...]
 
 
-@dataclass
-class CrossInputs:
-    """What cross-attention reads in one call: the encoder states (None when the cache holds their keys
-    and values) and the encoder's (B, Se) mask."""
-
-    states: Array | None
-    mask: Array
-
-
-@dataclass
-class LayerOutput:
-    hidden: Array
-    attention: Array | None
-    cross_attention: Array | None
-    cache: CacheEntry  # the keys/values this run attended to
-
-
 def transformer_layer(
     node: n.TransformerLayer,
     path: str,
@@ -319,35 +304,23 @@ def transformer_layer(
     return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
 
 
-@dataclass
-class EncoderOutput:
-    hidden: Array  # the last hidden state
-    hidden_states: list[Array]  # recorded after the input and after each step, when asked for
-    attentions: list[Array]  # one per layer run, when asked for
-    cross_attentions: list[Array]  # one per cross-attention run, when asked for
-    cache: list[CacheEntry]  # one per layer run (empty when steps were scanned)
-
-
 def encoder(
     node: n.Encoder,
     path: str,
     x: Array,
     mask: Array,
     head_mask: Array | None,
+    cross: CrossInputs | None,
+    past: tuple[CacheEntry, ...] | None,
     ctx: Context,
-    cross: CrossInputs | None = None,
-    past: tuple[CacheEntry, ...] | None = None,
-    index: Array | None = None,
 ) -> EncoderOutput:
     """Run the schedule. Consecutive steps that run the same layers (shared parameters) are one
     ``jax.lax.scan``, so compile time does not grow with the number of repeats; decoders (which keep a
-    cache entry per run) run every step unrolled. ``past``/``index``: a fixed-size cache, one entry per
-    layer run, and the number of slots filled."""
+    cache entry per run) run every step unrolled. ``past``: a fixed-size cache, one entry per layer run,
+    whose first ``ctx.cache_index`` slots are filled."""
     if node.input_projection is not None:
         x = linear(node.input_projection, n.join(path, node.input_projection.path), x, ctx)
-    out = EncoderOutput(
-        hidden=x, hidden_states=[x] if ctx.output_hidden_states else [], attentions=[], cross_attentions=[], cache=[]
-    )
+    out = EncoderOutput(hidden=x, hidden_states=[x] if ctx.output_hidden_states else [])
     scan = cross is None and past is None and not any(layer.attention.attention.causal for layer in node.layers)
     steps = list(zip(node.schedule, node.head_mask_index, strict=True))
     start = 0
@@ -368,7 +341,7 @@ def encoder(
                 ctx,
                 cross,
                 step_past,
-                index,
+                ctx.cache_index,
             )
             out.cache.extend(run.cache for run in runs)
             states = [x]
@@ -441,8 +414,8 @@ def pooler(node: n.Pooler, path: str, x: Array, ctx: Context) -> Array:
     return ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), x[:, 0], ctx))
 
 
-def lm_head(node: n.LMHead, path: str, x: Array, ctx: Context) -> Array:
-    x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), x, ctx))
+def lm_head(node: n.LMHead, path: str, inputs: HeadInputs, ctx: Context) -> Array:
+    x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), inputs.sequence, ctx))
     x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
     decoder = node.decoder
     bias = ctx.cast(ctx.get(path)["bias"])
@@ -453,68 +426,38 @@ def lm_head(node: n.LMHead, path: str, x: Array, ctx: Context) -> Array:
     return jnp.einsum("...h,vh->...v", x, embedding) + bias
 
 
-def dense_head(node: n.DenseHead, path: str, x: Array, ctx: Context) -> Array:
+def dense_head(node: n.DenseHead, path: str, inputs: HeadInputs, ctx: Context) -> Array:
+    x = inputs.pooled if node.source == "pooled" else inputs.sequence
     return linear(node.dense, n.join(path, node.dense.path), dropout(x, node.dropout, ctx), ctx)
 
 
-def classification_head(node: n.ClassificationHead, path: str, x: Array, ctx: Context) -> Array:
-    y = dropout(x[:, 0], node.dropout, ctx)
+def classification_head(node: n.ClassificationHead, path: str, inputs: HeadInputs, ctx: Context) -> Array:
+    y = dropout(inputs.sequence[:, 0], node.dropout, ctx)
     y = ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), y, ctx))
     return linear(node.out_proj, n.join(path, node.out_proj.path), dropout(y, node.dropout, ctx), ctx)
 
 
-def span_head(node: n.SpanHead, path: str, x: Array, ctx: Context) -> Array:
+def span_head(node: n.SpanHead, path: str, inputs: HeadInputs, ctx: Context) -> Array:
+    x = inputs.sequence
     y = dropout(x, node.dropout, ctx)
     y = ACTIVATIONS[node.activation](linear(node.intermediate, n.join(path, node.intermediate.path), y, ctx))
     y = add_norm(node.output, n.join(path, node.output.path), y, x, ctx)
-    return linear(node.qa_outputs, n.join(path, node.qa_outputs.path), y, ctx)
+    logits = linear(node.qa_outputs, n.join(path, node.qa_outputs.path), y, ctx)
+    if node.question_mask is None or inputs.question_mask is None:
+        return logits
+    return logits - inputs.question_mask[:, :, None].astype(logits.dtype) * node.question_mask.penalty
 
 
-def _cross_entropy(logits: Array, labels: Array, ignore_index: int) -> Array:
-    """Mean cross-entropy over labels != ignore_index (NaN when all are ignored, as torch)."""
-    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
-    labels = labels.reshape(-1)
-    valid = labels != ignore_index
-    safe = jnp.where(valid, labels, 0)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
-
-
-def loss(term: n.Loss, outputs: Mapping[str, Array], labels: Mapping[str, Array]) -> Array:
-    if isinstance(term, n.CrossEntropyLoss):
-        logits, target = outputs[term.logits], labels[term.labels]
-        if term.shift:  # position t predicts token t + 1
-            logits, target = logits[:, :-1], target[:, 1:]
-        return _cross_entropy(logits, target, term.ignore_index)
-    if isinstance(term, n.ClassificationLoss):
-        logits, target = outputs[term.logits].astype(jnp.float32), labels[term.labels]
-        problem = term.problem_type
-        if problem is None:
-            if term.num_labels == 1:
-                problem = "regression"
-            elif jnp.issubdtype(target.dtype, jnp.integer):
-                problem = "single_label_classification"
-            else:
-                problem = "multi_label_classification"
-        if problem == "regression":
-            target = target.astype(jnp.float32)
-            if term.num_labels == 1:
-                return jnp.mean((logits.reshape(-1) - target.reshape(-1)) ** 2)
-            return jnp.mean((logits - target) ** 2)
-        if problem == "single_label_classification":
-            return _cross_entropy(logits, target.astype(jnp.int32), -100)
-        target = target.astype(jnp.float32)
-        # BCE-with-logits in the stable form torch uses: max(x, 0) - x*y + log(1 + exp(-|x|)).
-        return jnp.mean(jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits))))
-    if isinstance(term, n.SpanLoss):
-        start, end = outputs[term.start_logits], outputs[term.end_logits]
-        ignored = start.shape[1]
-        total = []
-        for logits, key in ((start, term.start_positions), (end, term.end_positions)):
-            positions = labels[key]
-            if positions.ndim > 1:
-                positions = positions.reshape(-1)
-            total.append(_cross_entropy(logits, jnp.clip(positions, 0, ignored), ignored))
-        return (total[0] + total[1]) / 2
-    raise ValueError(f"unknown loss kind {term.kind!r}")
+# The registry: node kind -> implementation. Everything a graph holds runs through it (see core.call).
+IMPLS: dict[type, Callable[..., Any]] = {
+    n.Linear: linear,
+    n.GroupedConv1x1: conv1x1,
+    n.Embeddings: embeddings,
+    n.Encoder: encoder,
+    n.Pooler: pooler,
+    n.LMHead: lm_head,
+    n.DenseHead: dense_head,
+    n.ClassificationHead: classification_head,
+    n.SpanHead: span_head,
+    **LOSSES,
+}

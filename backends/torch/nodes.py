@@ -17,7 +17,9 @@ from torch import Tensor
 
 from ...core import nodes as n
 from ...core.block_sparse import random_blocks
+from ...core.call import CrossInputs, EncoderOutput, HeadInputs, LayerOutput, lookup
 from .block_sparse import block_sparse_attention
+from .losses import LOSSES
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -92,10 +94,9 @@ def conv1x1(node: n.GroupedConv1x1, path: str, x: Tensor, ctx: Context) -> Tenso
     return y if bias is None else y + bias
 
 
-def project(node: n.Linear | n.GroupedConv1x1, path: str, x: Tensor, ctx: Context) -> Tensor:
-    if isinstance(node, n.GroupedConv1x1):
-        return conv1x1(node, path, x, ctx)
-    return linear(node, path, x, ctx)
+def project(node: n.Projection, path: str, x: Tensor, ctx: Context) -> Tensor:
+    """A position-wise projection of any registered kind (dense, grouped 1x1 convolution)."""
+    return lookup(IMPLS, "torch", node, path)(node, path, x, ctx)
 
 
 def layer_norm(node: n.LayerNorm, path: str, x: Tensor, ctx: Context) -> Tensor:
@@ -216,23 +217,6 @@ def add_norm(node: n.AddNorm, path: str, x: Tensor, residual: Tensor, ctx: Conte
 CacheEntry = tuple[Tensor, ...]
 
 
-@dataclass
-class CrossInputs:
-    """What cross-attention reads in one call: the encoder states (None when the cache holds their keys
-    and values) and the encoder's (B, Se) mask."""
-
-    states: Tensor | None
-    mask: Tensor
-
-
-@dataclass
-class LayerOutput:
-    hidden: Tensor
-    attention: Tensor | None
-    cross_attention: Tensor | None
-    cache: CacheEntry  # the keys/values this run attended to (past ones included)
-
-
 def transformer_layer(
     node: n.TransformerLayer,
     path: str,
@@ -269,31 +253,20 @@ def transformer_layer(
     return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
 
 
-@dataclass
-class EncoderOutput:
-    hidden: Tensor  # the last hidden state
-    hidden_states: list[Tensor]  # recorded after the input and after each step, when asked for
-    attentions: list[Tensor]  # one per layer run, when asked for
-    cross_attentions: list[Tensor]  # one per cross-attention run, when asked for
-    cache: list[CacheEntry]  # one per layer run
-
-
 def encoder(
     node: n.Encoder,
     path: str,
     x: Tensor,
     mask: Tensor,
     head_mask: Tensor | None,
+    cross: CrossInputs | None,
+    past: tuple[CacheEntry, ...] | None,
     ctx: Context,
-    cross: CrossInputs | None = None,
-    past: tuple[CacheEntry, ...] | None = None,
 ) -> EncoderOutput:
     """Run the schedule; ``past`` holds one cache entry per layer run (see :attr:`Encoder.runs`)."""
     if node.input_projection is not None:
         x = linear(node.input_projection, n.join(path, node.input_projection.path), x, ctx)
-    out = EncoderOutput(
-        hidden=x, hidden_states=[x] if ctx.output_hidden_states else [], attentions=[], cross_attentions=[], cache=[]
-    )
+    out = EncoderOutput(hidden=x, hidden_states=[x] if ctx.output_hidden_states else [])
     for step, rows in zip(node.schedule, node.head_mask_index, strict=True):
         for index, row in zip(step, rows, strict=True):
             layer = node.layers[index]
@@ -323,66 +296,46 @@ def pooler(node: n.Pooler, path: str, x: Tensor, ctx: Context) -> Tensor:
     return ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), x[:, 0], ctx))
 
 
-def lm_head(node: n.LMHead, path: str, x: Tensor, ctx: Context) -> Tensor:
-    x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), x, ctx))
+def lm_head(node: n.LMHead, path: str, inputs: HeadInputs, ctx: Context) -> Tensor:
+    x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), inputs.sequence, ctx))
     x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
     decoder = node.decoder
     weight = ctx.get(decoder.tied_to if decoder.tied_to is not None else n.join(path, decoder.path), "weight")
     return F.linear(x, weight, ctx.get(path, "bias"))
 
 
-def dense_head(node: n.DenseHead, path: str, x: Tensor, ctx: Context) -> Tensor:
+def dense_head(node: n.DenseHead, path: str, inputs: HeadInputs, ctx: Context) -> Tensor:
+    x = inputs.pooled if node.source == "pooled" else inputs.sequence
     return linear(node.dense, n.join(path, node.dense.path), dropout(x, node.dropout, ctx), ctx)
 
 
-def classification_head(node: n.ClassificationHead, path: str, x: Tensor, ctx: Context) -> Tensor:
-    y = dropout(x[:, 0], node.dropout, ctx)
+def classification_head(node: n.ClassificationHead, path: str, inputs: HeadInputs, ctx: Context) -> Tensor:
+    y = dropout(inputs.sequence[:, 0], node.dropout, ctx)
     y = ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), y, ctx))
     return linear(node.out_proj, n.join(path, node.out_proj.path), dropout(y, node.dropout, ctx), ctx)
 
 
-def span_head(node: n.SpanHead, path: str, x: Tensor, ctx: Context) -> Tensor:
+def span_head(node: n.SpanHead, path: str, inputs: HeadInputs, ctx: Context) -> Tensor:
+    x = inputs.sequence
     y = dropout(x, node.dropout, ctx)
     y = ACTIVATIONS[node.activation](linear(node.intermediate, n.join(path, node.intermediate.path), y, ctx))
     y = add_norm(node.output, n.join(path, node.output.path), y, x, ctx)
-    return linear(node.qa_outputs, n.join(path, node.qa_outputs.path), y, ctx)
+    logits = linear(node.qa_outputs, n.join(path, node.qa_outputs.path), y, ctx)
+    if node.question_mask is None or inputs.question_mask is None:
+        return logits
+    return logits - inputs.question_mask[:, :, None] * node.question_mask.penalty
 
 
-def _cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=ignore_index)
-
-
-def loss(term: n.Loss, outputs: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
-    if isinstance(term, n.CrossEntropyLoss):
-        logits, target = outputs[term.logits], labels[term.labels]
-        if term.shift:  # position t predicts token t + 1
-            logits, target = logits[:, :-1], target[:, 1:]
-        return _cross_entropy(logits, target, term.ignore_index)
-    if isinstance(term, n.ClassificationLoss):
-        logits, target = outputs[term.logits], labels[term.labels]
-        problem = term.problem_type
-        if problem is None:
-            if term.num_labels == 1:
-                problem = "regression"
-            elif target.dtype in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
-                problem = "single_label_classification"
-            else:
-                problem = "multi_label_classification"
-        if problem == "regression":
-            if term.num_labels == 1:
-                return F.mse_loss(logits.reshape(-1).float(), target.reshape(-1).to(torch.float32))
-            return F.mse_loss(logits.float(), target.to(torch.float32))
-        if problem == "single_label_classification":
-            return _cross_entropy(logits, target.long(), -100)
-        return F.binary_cross_entropy_with_logits(logits.float(), target.to(torch.float32))
-    if isinstance(term, n.SpanLoss):
-        start, end = outputs[term.start_logits], outputs[term.end_logits]
-        ignored = start.shape[1]
-        total = []
-        for logits, key in ((start, term.start_positions), (end, term.end_positions)):
-            positions = labels[key]
-            if positions.dim() > 1:
-                positions = positions.reshape(-1)
-            total.append(_cross_entropy(logits, positions.clamp(0, ignored), ignored))
-        return (total[0] + total[1]) / 2
-    raise ValueError(f"unknown loss kind {term.kind!r}")
+# The registry: node kind -> implementation. Everything a graph holds runs through it (see core.call).
+IMPLS: dict[type, Callable[..., Any]] = {
+    n.Linear: linear,
+    n.GroupedConv1x1: conv1x1,
+    n.Embeddings: embeddings,
+    n.Encoder: encoder,
+    n.Pooler: pooler,
+    n.LMHead: lm_head,
+    n.DenseHead: dense_head,
+    n.ClassificationHead: classification_head,
+    n.SpanHead: span_head,
+    **LOSSES,
+}

@@ -3,52 +3,50 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import FamilyConfig, read_config_dict
 from ..nodes import ModelGraph
 from . import albert, bert, big_bird, squeezebert
+from .tasks import Task
 
 
 @dataclass(frozen=True)
 class Family:
-    """What tandem knows about a family: everything else comes from its graph."""
+    """What tandem knows about a family: its config class, its builder and its task table."""
 
     name: str
     config_class: type[FamilyConfig]
     build: Callable[[Any, str], ModelGraph]
-    architectures: dict[str, str]  # task -> HF PyTorch class name
-    base_prefix: str  # the prefix head models nest the base under
-    other_architectures: dict[str, str] = field(default_factory=dict)  # HF class name -> task, beyond "Flax" + name
+    task_table: dict[str, Task]
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return tuple(self.architectures)
+        return tuple(self.task_table)
+
+    @property
+    def architectures(self) -> dict[str, str]:
+        """task -> HF PyTorch class name."""
+        return {task: spec.hf_class for task, spec in self.task_table.items()}
 
     def task_of(self, architecture: str) -> str | None:
         """The task of an HF class name (PyTorch or Flax), or None when unknown."""
-        if architecture in self.other_architectures:
-            return self.other_architectures[architecture]
-        name = architecture.removeprefix("Flax")
-        for task, arch in self.architectures.items():
-            if arch == name:
+        for task, spec in self.task_table.items():
+            if architecture in (spec.hf_class, spec.hf_flax_class):
                 return task
         return None
 
 
 FAMILIES: dict[str, Family] = {
-    "bert": Family("bert", bert.BertConfig, bert.build_bert, bert.ARCHITECTURES, "bert", bert.OTHER_ARCHITECTURES),
-    "albert": Family("albert", albert.AlbertConfig, albert.build_albert, albert.ARCHITECTURES, "albert"),
-    "big_bird": Family("big_bird", big_bird.BigBirdConfig, big_bird.build_big_bird, big_bird.ARCHITECTURES, "bert"),
-    "squeezebert": Family(
-        "squeezebert",
-        squeezebert.SqueezeBertConfig,
-        squeezebert.build_squeezebert,
-        squeezebert.ARCHITECTURES,
-        "transformer",
-    ),
+    family.name: family
+    for family in (
+        Family("bert", bert.BertConfig, bert.build_bert, bert.TASKS),
+        Family("albert", albert.AlbertConfig, albert.build_albert, albert.TASKS),
+        Family("big_bird", big_bird.BigBirdConfig, big_bird.build_big_bird, big_bird.TASKS),
+        Family("squeezebert", squeezebert.SqueezeBertConfig, squeezebert.build_squeezebert, squeezebert.TASKS),
+    )
 }
 
 

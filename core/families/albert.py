@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 from pydantic import model_validator
@@ -16,17 +17,16 @@ from ..nodes import (
     DenseHead,
     Encoder,
     FullAttention,
-    Head,
     LayerNorm,
     LMHead,
-    Loss,
     ModelGraph,
     Pooler,
     TransformerLayer,
     join,
     score_divisor,
 )
-from .common import embeddings, linear, lm_head, shared_task_head
+from .common import CLASSES_AXES, MLP_IN_AXES, QKV_AXES, embeddings, linear, lm_head
+from .tasks import Task, TaskHeads, base_heads, build_task_graph, masked_lm_heads, shared_heads
 
 
 class AlbertConfig(FamilyConfig):
@@ -73,19 +73,6 @@ class AlbertConfig(FamilyConfig):
         return self
 
 
-ARCHITECTURES = {
-    "base": "AlbertModel",
-    "pretraining": "AlbertForPreTraining",
-    "masked_lm": "AlbertForMaskedLM",
-    "sequence_classification": "AlbertForSequenceClassification",
-    "multiple_choice": "AlbertForMultipleChoice",
-    "token_classification": "AlbertForTokenClassification",
-    "question_answering": "AlbertForQuestionAnswering",
-}
-
-_POOLED_TASKS = {"base", "pretraining", "sequence_classification", "multiple_choice"}
-
-
 def group_of_layer(layer: int, num_layers: int, num_groups: int) -> int:
     """HF's group index: float division, then truncation (exact for layers not divisible by groups)."""
     return int(layer / (num_layers / num_groups))
@@ -99,9 +86,9 @@ def _albert_layer(config: AlbertConfig, group: int, inner: int) -> TransformerLa
             path="attention",
             attention=Attention(
                 path="",
-                query=linear("query", h, h, std),
-                key=linear("key", h, h, std),
-                value=linear("value", h, h, std),
+                query=linear("query", h, h, std, axes=QKV_AXES),
+                key=linear("key", h, h, std, axes=QKV_AXES),
+                value=linear("value", h, h, std, axes=QKV_AXES),
                 num_heads=config.num_attention_heads,
                 head_dim=config.head_dim,
                 score_divisor=score_divisor(config.head_dim),
@@ -111,17 +98,17 @@ def _albert_layer(config: AlbertConfig, group: int, inner: int) -> TransformerLa
             ),
             output=AddNorm(
                 path="",
-                dense=linear("dense", h, h, std),
+                dense=linear("dense", h, h, std, axes=("heads", "embed")),
                 dropout=config.hidden_dropout_prob,
                 norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
             ),
         ),
-        intermediate=linear("ffn", h, i, std),
+        intermediate=linear("ffn", h, i, std, axes=MLP_IN_AXES),
         activation=config.hidden_act,
         # HF PyTorch applies no dropout to the FFN output (HF Flax does: TRAP-1); we follow PyTorch.
         output=AddNorm(
             path="",
-            dense=linear("ffn_output", i, h, std),
+            dense=linear("ffn_output", i, h, std, axes=("mlp", "embed")),
             dropout=0.0,
             norm=LayerNorm(path="full_layer_layer_norm", features=h, eps=eps),
         ),
@@ -142,7 +129,11 @@ def _encoder(config: AlbertConfig) -> Encoder:
     return Encoder(
         path="encoder",
         input_projection=linear(
-            "embedding_hidden_mapping_in", config.embedding_size, config.hidden_size, config.initializer_range
+            "embedding_hidden_mapping_in",
+            config.embedding_size,
+            config.hidden_size,
+            config.initializer_range,
+            axes=("embed_factor", "embed"),
         ),
         layers=layers,
         schedule=schedule,
@@ -151,85 +142,97 @@ def _encoder(config: AlbertConfig) -> Encoder:
     )
 
 
-def build_albert(config: AlbertConfig, task: str) -> ModelGraph:
-    """Compile an :class:`AlbertConfig` and a task name into the layer graph of HF's matching class."""
-    if task not in ARCHITECTURES:
-        raise ValueError(f"unknown task {task!r} for albert; choose one of {', '.join(ARCHITECTURES)}")
-    prefix = "" if task == "base" else "albert"
+def _lm_head(config: AlbertConfig, prefix: str, output: str) -> LMHead:
+    return lm_head(
+        path="predictions",
+        transform_path="dense",
+        norm_path="LayerNorm",
+        hidden=config.hidden_size,
+        features=config.embedding_size,
+        vocab_size=config.vocab_size,
+        activation=config.hidden_act,
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
+        tied_to=join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None,
+        output=output,
+        axis="embed_factor",
+    )
+
+
+def _pretraining(config: AlbertConfig, prefix: str) -> TaskHeads:
     h, std = config.hidden_size, config.initializer_range
-    classifier_dropout = config.classifier_dropout_prob
-    heads: list[Head] = []
-    losses: list[Loss] = []
-    expose: tuple[str, ...] = ()
-
-    def mlm(output: str) -> LMHead:
-        return lm_head(
-            path="predictions",
-            transform_path="dense",
-            norm_path="LayerNorm",
-            hidden=h,
-            features=config.embedding_size,
-            vocab_size=config.vocab_size,
-            activation=config.hidden_act,
-            eps=config.layer_norm_eps,
-            std=std,
-            tied_to=join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None,
-            output=output,
-        )
-
-    if task == "base":
-        expose = ("last_hidden_state", "pooler_output")
-    elif task == "pretraining":
-        heads = [
-            mlm("prediction_logits"),
+    sop = linear("sop_classifier.classifier", h, config.num_labels, std, axes=CLASSES_AXES)
+    return TaskHeads(
+        [
+            _lm_head(config, prefix, "prediction_logits"),
             DenseHead(
                 source="pooled",
-                dropout=_required(classifier_dropout, task),
-                dense=linear("sop_classifier.classifier", h, config.num_labels, std),
+                dropout=_required(config.classifier_dropout_prob, "pretraining"),
+                dense=sop,
                 output="sop_logits",
             ),
-        ]
-        losses = [
+        ],
+        [
             CrossEntropyLoss(logits="prediction_logits", labels="labels"),
             CrossEntropyLoss(logits="sop_logits", labels="sentence_order_label"),
-        ]
-    elif task == "masked_lm":
-        heads = [mlm("logits")]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels")]
-    else:
-        if task == "token_classification":
-            dropout = classifier_dropout if classifier_dropout is not None else config.hidden_dropout_prob
-        elif task == "question_answering":
-            dropout = 0.0
-        else:  # HF PyTorch uses classifier_dropout_prob with no fallback for these two
-            dropout = _required(classifier_dropout, task)
-        heads, losses = shared_task_head(
-            task, hidden=h, num_labels=config.num_labels, problem_type=config.problem_type, std=std, dropout=dropout
-        )
-    return ModelGraph(
-        family="albert",
-        task=task,
-        backbone=Backbone(
-            path=prefix,
-            embeddings=embeddings(
-                vocab_size=config.vocab_size,
-                max_positions=config.max_position_embeddings,
-                type_vocab_size=config.type_vocab_size,
-                features=config.embedding_size,
-                pad_token_id=config.pad_token_id,
-                eps=config.layer_norm_eps,
-                dropout=config.hidden_dropout_prob,
-                std=std,
-            ),
-            encoder=_encoder(config),
-            # ALBERT's pooler is a bare Linear at `albert.pooler` (no `.dense`).
-            pooler=Pooler(path="pooler", dense=linear("", h, h, std)) if task in _POOLED_TASKS else None,
-        ),
-        heads=heads,
-        losses=losses,
-        expose=expose,
-        multiple_choice=task == "multiple_choice",
+        ],
     )
+
+
+def _required_dropout(task: str) -> Callable[[AlbertConfig], float]:
+    """HF PyTorch uses classifier_dropout_prob with no fallback for sequence classification and multiple choice."""
+    return lambda config: _required(config.classifier_dropout_prob, task)
+
+
+def _token_dropout(config: AlbertConfig) -> float:
+    dropout = config.classifier_dropout_prob
+    return dropout if dropout is not None else config.hidden_dropout_prob
+
+
+TASKS: dict[str, Task] = {
+    "base": Task("AlbertModel", base_heads),
+    "pretraining": Task("AlbertForPreTraining", _pretraining),
+    "masked_lm": Task("AlbertForMaskedLM", masked_lm_heads(_lm_head), pooled=False),
+    "sequence_classification": Task(
+        "AlbertForSequenceClassification",
+        shared_heads("sequence_classification", _required_dropout("sequence_classification")),
+    ),
+    "multiple_choice": Task(
+        "AlbertForMultipleChoice", shared_heads("multiple_choice", _required_dropout("multiple_choice"))
+    ),
+    "token_classification": Task(
+        "AlbertForTokenClassification", shared_heads("token_classification", _token_dropout), pooled=False
+    ),
+    "question_answering": Task(
+        "AlbertForQuestionAnswering", shared_heads("question_answering", lambda config: 0.0), pooled=False
+    ),
+}
+
+
+def _backbone(config: AlbertConfig, prefix: str, pooled: bool) -> Backbone:
+    h, std = config.hidden_size, config.initializer_range
+    return Backbone(
+        path=prefix,
+        embeddings=embeddings(
+            vocab_size=config.vocab_size,
+            max_positions=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            features=config.embedding_size,
+            pad_token_id=config.pad_token_id,
+            eps=config.layer_norm_eps,
+            dropout=config.hidden_dropout_prob,
+            std=std,
+            axis="embed_factor",
+        ),
+        encoder=_encoder(config),
+        # ALBERT's pooler is a bare Linear at `albert.pooler` (no `.dense`).
+        pooler=Pooler(path="pooler", dense=linear("", h, h, std)) if pooled else None,
+    )
+
+
+def build_albert(config: AlbertConfig, task: str) -> ModelGraph:
+    """Compile an :class:`AlbertConfig` and a task name into the layer graph of HF's matching class."""
+    return build_task_graph("albert", TASKS, config, task, "albert", _backbone)
 
 
 def _required(dropout: float | None, task: str) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import ClassVar, Literal
 
 from pydantic import model_validator
@@ -14,15 +13,22 @@ from ..nodes import (
     CrossEntropyLoss,
     DenseHead,
     FullAttention,
-    Head,
     LMHead,
-    Loss,
     ModelGraph,
     Pooler,
     TransformerLayer,
     join,
 )
-from .common import attention_block, embeddings, layer_stack, linear, lm_head, post_ln_layer, shared_task_head
+from .common import (
+    CLASSES_AXES,
+    attention_block,
+    embeddings,
+    layer_stack,
+    linear,
+    lm_head,
+    post_ln_layer,
+)
+from .tasks import Task, TaskHeads, base_heads, build_task_graph, causal_lm_heads, masked_lm_heads, shared_heads
 
 
 class BertConfig(FamilyConfig):
@@ -63,24 +69,6 @@ class BertConfig(FamilyConfig):
         return self
 
 
-ARCHITECTURES = {
-    "base": "BertModel",
-    "pretraining": "BertForPreTraining",
-    "masked_lm": "BertForMaskedLM",
-    "next_sentence_prediction": "BertForNextSentencePrediction",
-    "sequence_classification": "BertForSequenceClassification",
-    "multiple_choice": "BertForMultipleChoice",
-    "token_classification": "BertForTokenClassification",
-    "question_answering": "BertForQuestionAnswering",
-    "causal_lm": "BertLMHeadModel",
-}
-# HF class names that are not "Flax" + the PyTorch name.
-OTHER_ARCHITECTURES = {"FlaxBertForCausalLM": "causal_lm"}
-
-# Heads that read the pooled output build the pooler; the others do not have one (as in HF).
-_POOLED_TASKS = {"base", "pretraining", "next_sentence_prediction", "sequence_classification", "multiple_choice"}
-
-
 def _attention_block(config: BertConfig, path: str, source: Literal["self", "encoder"]) -> AttentionBlock:
     """``attention`` (self, causal in a decoder) or ``crossattention`` (keys/values from the encoder)."""
     return attention_block(
@@ -112,6 +100,7 @@ def _layer(config: BertConfig, index: int) -> TransformerLayer:
 
 
 def _backbone(config: BertConfig, prefix: str, pooled: bool) -> Backbone:
+    """``embeddings``, ``encoder`` and (``pooled``) ``pooler`` under ``prefix``."""
     h, std = config.hidden_size, config.initializer_range
     return Backbone(
         path=prefix,
@@ -146,65 +135,54 @@ def _lm_head(config: BertConfig, prefix: str, output: str) -> LMHead:
     )
 
 
-def build_bert(config: BertConfig, task: str) -> ModelGraph:
-    """Compile a :class:`BertConfig` and a task name into the layer graph of HF's matching class."""
-    if task not in ARCHITECTURES:
-        raise ValueError(f"unknown task {task!r} for bert; choose one of {', '.join(ARCHITECTURES)}")
-    prefix = "" if task == "base" else "bert"
-    h, std = config.hidden_size, config.initializer_range
-    heads: list[Head] = []
-    losses: list[Loss] = []
-    expose: tuple[str, ...] = ()
-    if task == "base":
-        expose = ("last_hidden_state", "pooler_output")
-    elif task == "pretraining":
-        heads = [
+def _pretraining(config: BertConfig, prefix: str) -> TaskHeads:
+    nsp = linear("cls.seq_relationship", config.hidden_size, 2, config.initializer_range, axes=CLASSES_AXES)
+    return TaskHeads(
+        [
             _lm_head(config, prefix, "prediction_logits"),
-            DenseHead(
-                source="pooled",
-                dropout=0.0,
-                dense=linear("cls.seq_relationship", h, 2, std),
-                output="seq_relationship_logits",
-            ),
-        ]
-        losses = [
+            DenseHead(source="pooled", dropout=0.0, dense=nsp, output="seq_relationship_logits"),
+        ],
+        [
             CrossEntropyLoss(logits="prediction_logits", labels="labels"),
             CrossEntropyLoss(logits="seq_relationship_logits", labels="next_sentence_label"),
-        ]
-    elif task == "masked_lm":
-        heads = [_lm_head(config, prefix, "logits")]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels")]
-    elif task == "causal_lm":
-        if not config.is_decoder:
-            warnings.warn(
-                "causal_lm with is_decoder=False attends in both directions and cannot use a KV cache; "
-                "set is_decoder=True for a left-to-right language model (HF warns the same)",
-                stacklevel=3,
-            )
-        heads = [_lm_head(config, prefix, "logits")]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels", shift=True)]
-    elif task == "next_sentence_prediction":
-        heads = [
-            DenseHead(source="pooled", dropout=0.0, dense=linear("cls.seq_relationship", h, 2, std), output="logits")
-        ]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels")]
-    else:
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        heads, losses = shared_task_head(
-            task,
-            hidden=h,
-            num_labels=config.num_labels,
-            problem_type=config.problem_type,
-            std=std,
-            dropout=dropout,
-        )
-    return ModelGraph(
-        family="bert",
-        task=task,
-        backbone=_backbone(config, prefix, pooled=task in _POOLED_TASKS),
-        heads=heads,
-        losses=losses,
-        expose=expose,
-        multiple_choice=task == "multiple_choice",
-        use_cache=config.use_cache and config.is_decoder,
+        ],
+    )
+
+
+def _next_sentence(config: BertConfig, prefix: str) -> TaskHeads:
+    nsp = linear("cls.seq_relationship", config.hidden_size, 2, config.initializer_range, axes=CLASSES_AXES)
+    return TaskHeads(
+        [DenseHead(source="pooled", dropout=0.0, dense=nsp, output="logits")],
+        [CrossEntropyLoss(logits="logits", labels="labels")],
+    )
+
+
+def _classifier_dropout(config: BertConfig) -> float:
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+# Heads that read the pooled output keep the pooler; the others do not have one (as in HF).
+TASKS: dict[str, Task] = {
+    "base": Task("BertModel", base_heads),
+    "pretraining": Task("BertForPreTraining", _pretraining),
+    "masked_lm": Task("BertForMaskedLM", masked_lm_heads(_lm_head), pooled=False),
+    "next_sentence_prediction": Task("BertForNextSentencePrediction", _next_sentence),
+    "sequence_classification": Task(
+        "BertForSequenceClassification", shared_heads("sequence_classification", _classifier_dropout)
+    ),
+    "multiple_choice": Task("BertForMultipleChoice", shared_heads("multiple_choice", _classifier_dropout)),
+    "token_classification": Task(
+        "BertForTokenClassification", shared_heads("token_classification", _classifier_dropout), pooled=False
+    ),
+    "question_answering": Task(
+        "BertForQuestionAnswering", shared_heads("question_answering", lambda config: 0.0), pooled=False
+    ),
+    "causal_lm": Task("BertLMHeadModel", causal_lm_heads(_lm_head), pooled=False, flax_class="FlaxBertForCausalLM"),
+}
+
+
+def build_bert(config: BertConfig, task: str) -> ModelGraph:
+    """Compile a :class:`BertConfig` and a task name into the layer graph of HF's matching class."""
+    return build_task_graph(
+        "bert", TASKS, config, task, "bert", _backbone, use_cache=config.use_cache and config.is_decoder
     )

@@ -19,9 +19,7 @@ from ..nodes import (
     CrossEntropyLoss,
     DenseHead,
     FullAttention,
-    Head,
     LMHead,
-    Loss,
     ModelGraph,
     Pooler,
     QuestionMask,
@@ -30,7 +28,18 @@ from ..nodes import (
     TransformerLayer,
     join,
 )
-from .common import add_norm, attention_block, embeddings, layer_stack, linear, lm_head, post_ln_layer, shared_task_head
+from .common import (
+    CLASSES_AXES,
+    MLP_IN_AXES,
+    add_norm,
+    attention_block,
+    embeddings,
+    layer_stack,
+    linear,
+    lm_head,
+    post_ln_layer,
+)
+from .tasks import Task, TaskHeads, base_heads, build_task_graph, causal_lm_heads, masked_lm_heads, shared_heads
 
 
 class BigBirdConfig(FamilyConfig):
@@ -79,22 +88,6 @@ class BigBirdConfig(FamilyConfig):
         """Block-sparse unless full attention is asked for or forced (decoders run full attention, as in
         HF PyTorch, which cannot run block-sparse attention causally)."""
         return self.attention_type == "block_sparse" and not self.is_decoder
-
-
-ARCHITECTURES = {
-    "base": "BigBirdModel",
-    "pretraining": "BigBirdForPreTraining",
-    "masked_lm": "BigBirdForMaskedLM",
-    "sequence_classification": "BigBirdForSequenceClassification",
-    "multiple_choice": "BigBirdForMultipleChoice",
-    "token_classification": "BigBirdForTokenClassification",
-    "question_answering": "BigBirdForQuestionAnswering",
-    "causal_lm": "BigBirdForCausalLM",
-}
-
-# HF PyTorch's BigBird heads keep the pooler except question answering (HF Flax drops it in more heads;
-# converting such checkpoints ignores the extra pooler weights).
-_UNPOOLED_TASKS = {"question_answering"}
 
 
 def _attention_block(
@@ -175,110 +168,99 @@ def _backbone(config: BigBirdConfig, prefix: str, pooled: bool) -> Backbone:
     )
 
 
+def _lm_head(config: BigBirdConfig, prefix: str, output: str) -> LMHead:
+    return lm_head(
+        path="cls.predictions",
+        transform_path="transform.dense",
+        norm_path="transform.LayerNorm",
+        hidden=config.hidden_size,
+        features=config.hidden_size,
+        vocab_size=config.vocab_size,
+        activation=config.hidden_act,
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
+        tied_to=join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None,
+        output=output,
+    )
+
+
+def _classifier_dropout(config: BigBirdConfig) -> float:
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+def _pretraining(config: BigBirdConfig, prefix: str) -> TaskHeads:
+    nsp = linear("cls.seq_relationship", config.hidden_size, 2, config.initializer_range, axes=CLASSES_AXES)
+    return TaskHeads(
+        [
+            _lm_head(config, prefix, "prediction_logits"),
+            DenseHead(source="pooled", dropout=0.0, dense=nsp, output="seq_relationship_logits"),
+        ],
+        # HF: MLM loss when labels are given, plus NSP when next_sentence_label is given too.
+        [
+            CrossEntropyLoss(logits="prediction_logits", labels="labels"),
+            CrossEntropyLoss(logits="seq_relationship_logits", labels="next_sentence_label", optional=True),
+        ],
+    )
+
+
+def _sequence_classification(config: BigBirdConfig, prefix: str) -> TaskHeads:
+    h, std = config.hidden_size, config.initializer_range
+    head = ClassificationHead(
+        path="classifier",
+        dropout=_classifier_dropout(config),
+        dense=linear("dense", h, h, std),
+        activation=config.hidden_act,
+        out_proj=linear("out_proj", h, config.num_labels, std, axes=CLASSES_AXES),
+        output="logits",
+    )
+    loss = ClassificationLoss(
+        logits="logits", labels="labels", num_labels=config.num_labels, problem_type=config.problem_type
+    )
+    return TaskHeads([head], [loss])
+
+
+def _question_answering(config: BigBirdConfig, prefix: str) -> TaskHeads:
+    h, i, std = config.hidden_size, config.intermediate_size, config.initializer_range
+    head = SpanHead(
+        path="qa_classifier",
+        dropout=config.hidden_dropout_prob,
+        intermediate=linear("intermediate.dense", h, i, std, axes=MLP_IN_AXES),
+        activation=config.hidden_act,
+        output=add_norm(
+            "output", i, h, dropout=config.hidden_dropout_prob, eps=config.layer_norm_eps, std=std, in_axis="mlp"
+        ),
+        qa_outputs=linear("qa_outputs", h, 2, std, axes=CLASSES_AXES),
+        question_mask=QuestionMask(sep_token_id=config.sep_token_id),
+    )
+    return TaskHeads([head], [SpanLoss()])
+
+
+# HF PyTorch's BigBird heads keep the pooler except question answering; HF Flax drops it in three more.
+TASKS: dict[str, Task] = {
+    "base": Task("BigBirdModel", base_heads),
+    "pretraining": Task("BigBirdForPreTraining", _pretraining),
+    "masked_lm": Task("BigBirdForMaskedLM", masked_lm_heads(_lm_head), flax_lacks=("pooler",)),
+    "sequence_classification": Task("BigBirdForSequenceClassification", _sequence_classification),
+    "multiple_choice": Task(
+        "BigBirdForMultipleChoice", shared_heads("multiple_choice", lambda config: config.hidden_dropout_prob)
+    ),
+    "token_classification": Task(
+        "BigBirdForTokenClassification",
+        shared_heads("token_classification", _classifier_dropout),
+        flax_lacks=("pooler",),
+    ),
+    "question_answering": Task("BigBirdForQuestionAnswering", _question_answering, pooled=False),
+    "causal_lm": Task("BigBirdForCausalLM", causal_lm_heads(_lm_head), flax_lacks=("pooler",)),
+}
+
+
 def build_big_bird(config: BigBirdConfig, task: str) -> ModelGraph:
     """Compile a :class:`BigBirdConfig` and a task name into the layer graph of HF PyTorch's matching class."""
-    if task not in ARCHITECTURES:
-        raise ValueError(f"unknown task {task!r} for big_bird; choose one of {', '.join(ARCHITECTURES)}")
     if config.attention_type == "block_sparse" and config.is_decoder:
         warnings.warn(
             "big_bird with is_decoder=True runs full attention (block-sparse attention cannot be causal)",
             stacklevel=3,
         )
-    prefix = "" if task == "base" else "bert"
-    h, std = config.hidden_size, config.initializer_range
-    classifier_dropout = (
-        config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-    )
-    heads: list[Head] = []
-    losses: list[Loss] = []
-    expose: tuple[str, ...] = ()
-
-    def mlm(output: str) -> LMHead:
-        return lm_head(
-            path="cls.predictions",
-            transform_path="transform.dense",
-            norm_path="transform.LayerNorm",
-            hidden=h,
-            features=h,
-            vocab_size=config.vocab_size,
-            activation=config.hidden_act,
-            eps=config.layer_norm_eps,
-            std=std,
-            tied_to=join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None,
-            output=output,
-        )
-
-    if task == "base":
-        expose = ("last_hidden_state", "pooler_output")
-    elif task == "pretraining":
-        heads = [
-            mlm("prediction_logits"),
-            DenseHead(
-                source="pooled",
-                dropout=0.0,
-                dense=linear("cls.seq_relationship", h, 2, std),
-                output="seq_relationship_logits",
-            ),
-        ]
-        # HF: MLM loss when labels are given, plus NSP when next_sentence_label is given too.
-        losses = [
-            CrossEntropyLoss(logits="prediction_logits", labels="labels"),
-            CrossEntropyLoss(logits="seq_relationship_logits", labels="next_sentence_label", optional=True),
-        ]
-    elif task == "masked_lm":
-        heads = [mlm("logits")]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels")]
-    elif task == "causal_lm":
-        heads = [mlm("logits")]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels", shift=True)]
-    elif task == "sequence_classification":
-        heads = [
-            ClassificationHead(
-                path="classifier",
-                dropout=classifier_dropout,
-                dense=linear("dense", h, h, std),
-                activation=config.hidden_act,
-                out_proj=linear("out_proj", h, config.num_labels, std),
-                output="logits",
-            )
-        ]
-        losses = [
-            ClassificationLoss(
-                logits="logits", labels="labels", num_labels=config.num_labels, problem_type=config.problem_type
-            )
-        ]
-    elif task == "question_answering":
-        heads = [
-            SpanHead(
-                path="qa_classifier",
-                dropout=config.hidden_dropout_prob,
-                intermediate=linear("intermediate.dense", h, config.intermediate_size, std),
-                activation=config.hidden_act,
-                output=add_norm(
-                    "output",
-                    config.intermediate_size,
-                    h,
-                    dropout=config.hidden_dropout_prob,
-                    eps=config.layer_norm_eps,
-                    std=std,
-                ),
-                qa_outputs=linear("qa_outputs", h, 2, std),
-                question_mask=QuestionMask(sep_token_id=config.sep_token_id),
-            )
-        ]
-        losses = [SpanLoss()]
-    else:
-        dropout = config.hidden_dropout_prob if task == "multiple_choice" else classifier_dropout
-        heads, losses = shared_task_head(
-            task, hidden=h, num_labels=config.num_labels, problem_type=config.problem_type, std=std, dropout=dropout
-        )
-    return ModelGraph(
-        family="big_bird",
-        task=task,
-        backbone=_backbone(config, prefix, pooled=task not in _UNPOOLED_TASKS),
-        heads=heads,
-        losses=losses,
-        expose=expose,
-        multiple_choice=task == "multiple_choice",
-        use_cache=config.use_cache and config.is_decoder,
+    return build_task_graph(
+        "big_bird", TASKS, config, task, "bert", _backbone, use_cache=config.use_cache and config.is_decoder
     )

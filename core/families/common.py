@@ -30,19 +30,31 @@ from ..nodes import (
     score_divisor,
 )
 
+# Logical axes of the projections (see tandem.core.params.LOGICAL_AXES): queries, keys and values map the
+# model width to the heads (heads x head_dim, fused as in the torch layout); the feed-forward goes to "mlp".
+QKV_AXES = ("embed", "heads")
+MLP_IN_AXES = ("embed", "mlp")
+CLASSES_AXES = ("embed", "classes")
+
 # Tasks whose head is the same shape in every family (their dropout is the family's choice).
 SHARED_TASKS = ("sequence_classification", "multiple_choice", "token_classification", "question_answering")
 
 
-def linear(path: str, n_in: int, n_out: int, std: float, bias: bool = True) -> Linear:
-    return Linear(path=path, in_features=n_in, out_features=n_out, bias=bias, init_std=std)
+def linear(
+    path: str, n_in: int, n_out: int, std: float, bias: bool = True, axes: tuple[str, str] = ("embed", "embed")
+) -> Linear:
+    """A dense projection; ``axes``: the logical axes of its input and output features."""
+    return Linear(path=path, in_features=n_in, out_features=n_out, bias=bias, init_std=std, axes=axes)
 
 
-def add_norm(path: str, n_in: int, features: int, *, dropout: float, eps: float, std: float) -> AddNorm:
-    """``LayerNorm(dropout(dense(x)) + residual)`` under BERT's names: ``{path}.dense``, ``{path}.LayerNorm``."""
+def add_norm(
+    path: str, n_in: int, features: int, *, dropout: float, eps: float, std: float, in_axis: str = "embed"
+) -> AddNorm:
+    """``LayerNorm(dropout(dense(x)) + residual)`` under BERT's names: ``{path}.dense``, ``{path}.LayerNorm``.
+    ``in_axis``: the logical axis of the dense input (``heads`` after attention, ``mlp`` after the FFN)."""
     return AddNorm(
         path=path,
-        dense=linear("dense", n_in, features, std),
+        dense=linear("dense", n_in, features, std, axes=(in_axis, "embed")),
         dropout=dropout,
         norm=LayerNorm(path="LayerNorm", features=features, eps=eps),
     )
@@ -68,9 +80,9 @@ def attention_block(
         path=path,
         attention=Attention(
             path="self",
-            query=linear("query", features, features, std, bias=bias),
-            key=linear("key", features, features, std, bias=bias),
-            value=linear("value", features, features, std, bias=bias),
+            query=linear("query", features, features, std, bias=bias, axes=QKV_AXES),
+            key=linear("key", features, features, std, bias=bias, axes=QKV_AXES),
+            value=linear("value", features, features, std, bias=bias, axes=QKV_AXES),
             num_heads=num_heads,
             head_dim=head_dim,
             score_divisor=score_divisor(head_dim),
@@ -79,7 +91,7 @@ def attention_block(
             variant=variant,
             source=source,
         ),
-        output=add_norm("output", features, features, dropout=hidden_dropout, eps=eps, std=std),
+        output=add_norm("output", features, features, dropout=hidden_dropout, eps=eps, std=std, in_axis="heads"),
     )
 
 
@@ -100,9 +112,9 @@ def post_ln_layer(
         path=f"layer.{index}",
         attention=attention,
         crossattention=crossattention,
-        intermediate=linear("intermediate.dense", features, intermediate, std),
+        intermediate=linear("intermediate.dense", features, intermediate, std, axes=MLP_IN_AXES),
         activation=activation,
-        output=add_norm("output", intermediate, features, dropout=dropout, eps=eps, std=std),
+        output=add_norm("output", intermediate, features, dropout=dropout, eps=eps, std=std, in_axis="mlp"),
     )
 
 
@@ -123,16 +135,35 @@ def embeddings(
     dropout: float,
     std: float,
     sum_order: tuple[str, ...] = ("word", "token_type", "position"),
+    axis: str = "embed",
 ) -> Embeddings:
-    """HF's ``embeddings`` module: word/position/token-type tables, ``LayerNorm``, dropout."""
+    """HF's ``embeddings`` module: word/position/token-type tables, ``LayerNorm``, dropout. ``axis``: the
+    logical axis of the embedding features (``embed_factor`` where they are narrower than the model)."""
     return Embeddings(
         path="embeddings",
         word=Embed(
-            path="word_embeddings", num_embeddings=vocab_size, features=features, init_std=std, padding_idx=pad_token_id
+            path="word_embeddings",
+            num_embeddings=vocab_size,
+            features=features,
+            init_std=std,
+            padding_idx=pad_token_id,
+            axes=("vocab", axis),
         ),
-        position=Embed(path="position_embeddings", num_embeddings=max_positions, features=features, init_std=std),
-        token_type=Embed(path="token_type_embeddings", num_embeddings=type_vocab_size, features=features, init_std=std),
-        norm=LayerNorm(path="LayerNorm", features=features, eps=eps),
+        position=Embed(
+            path="position_embeddings",
+            num_embeddings=max_positions,
+            features=features,
+            init_std=std,
+            axes=("positions", axis),
+        ),
+        token_type=Embed(
+            path="token_type_embeddings",
+            num_embeddings=type_vocab_size,
+            features=features,
+            init_std=std,
+            axes=("token_types", axis),
+        ),
+        norm=LayerNorm(path="LayerNorm", features=features, eps=eps, axis=axis),
         dropout=dropout,
         sum_order=sum_order,
     )
@@ -151,14 +182,23 @@ def lm_head(
     std: float,
     tied_to: str | None,
     output: str,
+    axis: str = "embed",
 ) -> LMHead:
-    """``decoder(norm(act(transform(x)))) + bias``: hidden -> features -> vocab, decoder tied or not."""
+    """``decoder(norm(act(transform(x)))) + bias``: hidden -> features -> vocab, decoder tied or not.
+    ``axis``: the logical axis of ``features`` (the embedding's, so that a tied decoder shares its layout)."""
     return LMHead(
         path=path,
-        transform=linear(transform_path, hidden, features, std),
+        transform=linear(transform_path, hidden, features, std, axes=("embed", axis)),
         activation=activation,
-        norm=LayerNorm(path=norm_path, features=features, eps=eps),
-        decoder=LMDecoder(path="decoder", in_features=features, vocab_size=vocab_size, tied_to=tied_to, init_std=std),
+        norm=LayerNorm(path=norm_path, features=features, eps=eps, axis=axis),
+        decoder=LMDecoder(
+            path="decoder",
+            in_features=features,
+            vocab_size=vocab_size,
+            tied_to=tied_to,
+            init_std=std,
+            feature_axis=axis,
+        ),
         output=output,
     )
 
@@ -178,18 +218,29 @@ def shared_task_head(
     """
     if task == "sequence_classification":
         head = DenseHead(
-            source="pooled", dropout=dropout, dense=linear("classifier", hidden, num_labels, std), output="logits"
+            source="pooled",
+            dropout=dropout,
+            dense=linear("classifier", hidden, num_labels, std, axes=CLASSES_AXES),
+            output="logits",
         )
         loss: Loss = ClassificationLoss(
             logits="logits", labels="labels", num_labels=num_labels, problem_type=problem_type
         )
         return [head], [loss]
     if task == "multiple_choice":
-        head = DenseHead(source="pooled", dropout=dropout, dense=linear("classifier", hidden, 1, std), output="logits")
+        head = DenseHead(
+            source="pooled",
+            dropout=dropout,
+            dense=linear("classifier", hidden, 1, std, axes=CLASSES_AXES),
+            output="logits",
+        )
         return [head], [CrossEntropyLoss(logits="logits", labels="labels")]
     if task == "token_classification":
         head = DenseHead(
-            source="sequence", dropout=dropout, dense=linear("classifier", hidden, num_labels, std), output="logits"
+            source="sequence",
+            dropout=dropout,
+            dense=linear("classifier", hidden, num_labels, std, axes=CLASSES_AXES),
+            output="logits",
         )
         return [head], [CrossEntropyLoss(logits="logits", labels="labels")]
     if task == "question_answering":
@@ -200,7 +251,7 @@ def shared_task_head(
         head = DenseHead(
             source="sequence",
             dropout=0.0,
-            dense=linear("qa_outputs", hidden, 2, std),
+            dense=linear("qa_outputs", hidden, 2, std, axes=CLASSES_AXES),
             output="logits",
             split=("start_logits", "end_logits"),
         )

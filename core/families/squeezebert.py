@@ -19,19 +19,18 @@ from ..nodes import (
     Attention,
     AttentionBlock,
     Backbone,
-    CrossEntropyLoss,
-    Encoder,
     FullAttention,
     GroupedConv1x1,
-    Head,
     LayerNorm,
-    Loss,
+    LMHead,
     ModelGraph,
     Pooler,
     TransformerLayer,
+    join,
     score_divisor,
 )
-from .common import embeddings, linear, lm_head, shared_task_head
+from .common import MLP_IN_AXES, QKV_AXES, embeddings, layer_stack, linear, lm_head
+from .tasks import Task, base_heads, build_task_graph, masked_lm_heads, shared_heads
 
 # HF's SqueezeBertLayerNorm is constructed without the config's eps.
 ENCODER_LAYER_NORM_EPS = 1e-12
@@ -91,18 +90,10 @@ class SqueezeBertConfig(FamilyConfig):
         return self
 
 
-ARCHITECTURES = {
-    "base": "SqueezeBertModel",
-    "masked_lm": "SqueezeBertForMaskedLM",
-    "sequence_classification": "SqueezeBertForSequenceClassification",
-    "multiple_choice": "SqueezeBertForMultipleChoice",
-    "token_classification": "SqueezeBertForTokenClassification",
-    "question_answering": "SqueezeBertForQuestionAnswering",
-}
-
-
-def _conv(path: str, n_in: int, n_out: int, groups: int, std: float) -> GroupedConv1x1:
-    return GroupedConv1x1(path=path, in_features=n_in, out_features=n_out, groups=groups, init_std=std)
+def _conv(
+    path: str, n_in: int, n_out: int, groups: int, std: float, axes: tuple[str, str] = ("embed", "embed")
+) -> GroupedConv1x1:
+    return GroupedConv1x1(path=path, in_features=n_in, out_features=n_out, groups=groups, init_std=std, axes=axes)
 
 
 def _layer(config: SqueezeBertConfig, index: int) -> TransformerLayer:
@@ -113,9 +104,9 @@ def _layer(config: SqueezeBertConfig, index: int) -> TransformerLayer:
             path="",
             attention=Attention(
                 path="attention",
-                query=_conv("query", h, h, config.q_groups, std),
-                key=_conv("key", h, h, config.k_groups, std),
-                value=_conv("value", h, h, config.v_groups, std),
+                query=_conv("query", h, h, config.q_groups, std, QKV_AXES),
+                key=_conv("key", h, h, config.k_groups, std, QKV_AXES),
+                value=_conv("value", h, h, config.v_groups, std, QKV_AXES),
                 num_heads=config.num_attention_heads,
                 head_dim=config.head_dim,
                 score_divisor=score_divisor(config.head_dim),
@@ -127,87 +118,77 @@ def _layer(config: SqueezeBertConfig, index: int) -> TransformerLayer:
             ),
             output=AddNorm(
                 path="post_attention",
-                dense=_conv("conv1d", h, h, config.post_attention_groups, std),
+                dense=_conv("conv1d", h, h, config.post_attention_groups, std, ("heads", "embed")),
                 dropout=config.hidden_dropout_prob,
                 norm=LayerNorm(path="layernorm", features=h, eps=ENCODER_LAYER_NORM_EPS),
             ),
         ),
-        intermediate=_conv("intermediate.conv1d", h, i, config.intermediate_groups, std),
+        intermediate=_conv("intermediate.conv1d", h, i, config.intermediate_groups, std, MLP_IN_AXES),
         activation=config.hidden_act,
         output=AddNorm(
             path="output",
-            dense=_conv("conv1d", i, h, config.output_groups, std),
+            dense=_conv("conv1d", i, h, config.output_groups, std, ("mlp", "embed")),
             dropout=config.hidden_dropout_prob,
             norm=LayerNorm(path="layernorm", features=h, eps=ENCODER_LAYER_NORM_EPS),
         ),
     )
 
 
+def _lm_head(config: SqueezeBertConfig, prefix: str, output: str) -> LMHead:
+    return lm_head(
+        path="cls.predictions",
+        transform_path="transform.dense",
+        norm_path="transform.LayerNorm",
+        hidden=config.hidden_size,
+        features=config.hidden_size,
+        vocab_size=config.vocab_size,
+        activation=config.hidden_act,
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
+        tied_to=join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None,
+        output=output,
+    )
+
+
+def _dropout(config: SqueezeBertConfig) -> float:
+    return config.hidden_dropout_prob
+
+
+# SqueezeBERT always has a pooler, whatever the head.
+TASKS: dict[str, Task] = {
+    "base": Task("SqueezeBertModel", base_heads),
+    "masked_lm": Task("SqueezeBertForMaskedLM", masked_lm_heads(_lm_head)),
+    "sequence_classification": Task(
+        "SqueezeBertForSequenceClassification", shared_heads("sequence_classification", _dropout)
+    ),
+    "multiple_choice": Task("SqueezeBertForMultipleChoice", shared_heads("multiple_choice", _dropout)),
+    "token_classification": Task("SqueezeBertForTokenClassification", shared_heads("token_classification", _dropout)),
+    "question_answering": Task(
+        "SqueezeBertForQuestionAnswering", shared_heads("question_answering", lambda config: 0.0)
+    ),
+}
+
+
+def _backbone(config: SqueezeBertConfig, prefix: str, pooled: bool) -> Backbone:
+    h, std = config.hidden_size, config.initializer_range
+    return Backbone(
+        path=prefix,
+        embeddings=embeddings(
+            vocab_size=config.vocab_size,
+            max_positions=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            features=config.embedding_size,
+            pad_token_id=config.pad_token_id,
+            eps=config.layer_norm_eps,
+            dropout=config.hidden_dropout_prob,
+            std=std,
+            sum_order=("word", "position", "token_type"),
+        ),
+        encoder=layer_stack([_layer(config, i) for i in range(config.num_hidden_layers)]),
+        pooler=Pooler(path="pooler", dense=linear("dense", h, h, std), activation="tanh"),
+    )
+
+
 def build_squeezebert(config: SqueezeBertConfig, task: str) -> ModelGraph:
     """Compile a :class:`SqueezeBertConfig` and a task name into the layer graph of HF's matching class."""
-    if task not in ARCHITECTURES:
-        raise ValueError(f"unknown task {task!r} for squeezebert; choose one of {', '.join(ARCHITECTURES)}")
-    prefix = "" if task == "base" else "transformer"
-    h, std, layers = config.hidden_size, config.initializer_range, config.num_hidden_layers
-    heads: list[Head] = []
-    losses: list[Loss] = []
-    expose: tuple[str, ...] = ()
-    if task == "base":
-        expose = ("last_hidden_state", "pooler_output")
-    elif task == "masked_lm":
-        heads = [
-            lm_head(
-                path="cls.predictions",
-                transform_path="transform.dense",
-                norm_path="transform.LayerNorm",
-                hidden=h,
-                features=h,
-                vocab_size=config.vocab_size,
-                activation=config.hidden_act,
-                eps=config.layer_norm_eps,
-                std=std,
-                tied_to=f"{prefix}.embeddings.word_embeddings" if config.tie_word_embeddings else None,
-                output="logits",
-            )
-        ]
-        losses = [CrossEntropyLoss(logits="logits", labels="labels")]
-    else:
-        heads, losses = shared_task_head(
-            task,
-            hidden=h,
-            num_labels=config.num_labels,
-            problem_type=config.problem_type,
-            std=std,
-            dropout=0.0 if task == "question_answering" else config.hidden_dropout_prob,
-        )
-    return ModelGraph(
-        family="squeezebert",
-        task=task,
-        backbone=Backbone(
-            path=prefix,
-            embeddings=embeddings(
-                vocab_size=config.vocab_size,
-                max_positions=config.max_position_embeddings,
-                type_vocab_size=config.type_vocab_size,
-                features=config.embedding_size,
-                pad_token_id=config.pad_token_id,
-                eps=config.layer_norm_eps,
-                dropout=config.hidden_dropout_prob,
-                std=std,
-                sum_order=("word", "position", "token_type"),
-            ),
-            encoder=Encoder(
-                path="encoder",
-                layers=[_layer(config, i) for i in range(layers)],
-                schedule=[(i,) for i in range(layers)],
-                head_mask_index=[(i,) for i in range(layers)],
-                num_head_mask_rows=layers,
-            ),
-            # SqueezeBERT always has a pooler, whatever the head.
-            pooler=Pooler(path="pooler", dense=linear("dense", h, h, std), activation="tanh"),
-        ),
-        heads=heads,
-        losses=losses,
-        expose=expose,
-        multiple_choice=task == "multiple_choice",
-    )
+    return build_task_graph("squeezebert", TASKS, config, task, "transformer", _backbone)

@@ -1,0 +1,65 @@
+"""Loss terms in JAX, one function per loss kind (HF PyTorch's formulas, in float32)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ...core import nodes as n
+
+Array = jax.Array
+
+
+def _cross_entropy(logits: Array, labels: Array, ignore_index: int) -> Array:
+    """Mean cross-entropy over labels != ignore_index (NaN when all are ignored, as torch)."""
+    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    labels = labels.reshape(-1)
+    valid = labels != ignore_index
+    safe = jnp.where(valid, labels, 0)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
+
+
+def cross_entropy_loss(term: n.CrossEntropyLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any) -> Array:
+    logits, target = outputs[term.logits], labels[term.labels]
+    if term.shift:  # position t predicts token t + 1
+        logits, target = logits[:, :-1], target[:, 1:]
+    return _cross_entropy(logits, target, term.ignore_index)
+
+
+def classification_loss(term: n.ClassificationLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any) -> Array:
+    """HF's sequence-classification loss for the problem type the call plan resolved."""
+    logits, target = outputs[term.logits].astype(jnp.float32), labels[term.labels]
+    if term.problem_type == "regression":
+        target = target.astype(jnp.float32)
+        if term.num_labels == 1:
+            return jnp.mean((logits.reshape(-1) - target.reshape(-1)) ** 2)
+        return jnp.mean((logits - target) ** 2)
+    if term.problem_type == "single_label_classification":
+        return _cross_entropy(logits, target.astype(jnp.int32), -100)
+    target = target.astype(jnp.float32)
+    # BCE-with-logits in the stable form torch uses: max(x, 0) - x*y + log(1 + exp(-|x|)).
+    return jnp.mean(jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+
+
+def span_loss(term: n.SpanLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any) -> Array:
+    start, end = outputs[term.start_logits], outputs[term.end_logits]
+    ignored = start.shape[1]
+    total = []
+    for logits, key in ((start, term.start_positions), (end, term.end_positions)):
+        positions = labels[key]
+        if positions.ndim > 1:
+            positions = positions.reshape(-1)
+        total.append(_cross_entropy(logits, jnp.clip(positions, 0, ignored), ignored))
+    return (total[0] + total[1]) / 2
+
+
+LOSSES: dict[type, Callable[..., Any]] = {
+    n.CrossEntropyLoss: cross_entropy_loss,
+    n.ClassificationLoss: classification_loss,
+    n.SpanLoss: span_loss,
+}

@@ -1,0 +1,166 @@
+"""Task heads and loss terms."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from .base import Activation, FlaxRule, Node, NormalInit, ParamSpec, ZerosInit, _Frozen
+from .layers import AddNorm, LayerNorm, Linear
+
+
+class LMDecoder(Node):
+    """Projection to the vocabulary. Tied: reuses the embedding at ``tied_to`` (no params of its own).
+
+    Torch exposes ``decoder.weight`` (the embedding when tied) and ``decoder.bias`` (an alias of the
+    enclosing head's ``bias``), as HF PyTorch does; flax has ``decoder/kernel`` only when untied.
+    """
+
+    kind: Literal["lm_decoder"] = "lm_decoder"
+    in_features: int
+    vocab_size: int
+    tied_to: str | None
+    init_std: float = 0.02
+    feature_axis: str = "embed"
+
+    flax_rules: ClassVar[dict[str, FlaxRule]] = {"weight": FlaxRule(name="kernel", permutation=(1, 0))}
+
+    def param_specs(self) -> list[ParamSpec]:
+        if self.tied_to is not None:
+            return []
+        return [
+            ParamSpec(
+                name="weight",
+                shape=(self.vocab_size, self.in_features),
+                axes=("vocab", self.feature_axis),
+                init=NormalInit(std=self.init_std),
+            )
+        ]
+
+
+class LMHead(Node):
+    """``decoder(norm(act(transform(x)))) + bias`` over the sequence output."""
+
+    kind: Literal["lm_head"] = "lm_head"
+    transform: Linear
+    activation: Activation
+    norm: LayerNorm
+    decoder: LMDecoder
+    output: str
+
+    def param_specs(self) -> list[ParamSpec]:
+        return [ParamSpec(name="bias", shape=(self.decoder.vocab_size,), axes=("vocab",), init=ZerosInit())]
+
+    def outputs(self) -> dict[str, tuple[bool, int]]:
+        """Each output's name -> (whether it has one row per token, its last-axis size)."""
+        return {self.output: (True, self.decoder.vocab_size)}
+
+
+class DenseHead(Node):
+    """``dropout -> dense`` on a backbone output; ``split`` cuts the last axis into named outputs."""
+
+    kind: Literal["dense_head"] = "dense_head"
+    source: Literal["pooled", "sequence"]
+    dropout: float
+    dense: Linear
+    output: str
+    split: tuple[str, ...] | None = None
+
+    def outputs(self) -> dict[str, tuple[bool, int]]:
+        per_token = self.source == "sequence"
+        if self.split is not None:
+            return {name: (per_token, 1) for name in self.split}
+        return {self.output: (per_token, self.dense.out_features)}
+
+
+class ClassificationHead(Node):
+    """``out_proj(dropout(act(dense(dropout(h[:, 0])))))``: a two-layer head on the first token."""
+
+    kind: Literal["classification_head"] = "classification_head"
+    dropout: float
+    dense: Linear
+    activation: Activation
+    out_proj: Linear
+    output: str
+
+    def outputs(self) -> dict[str, tuple[bool, int]]:
+        return {self.output: (False, self.out_proj.out_features)}
+
+
+class QuestionMask(_Frozen):
+    """Question tokens cannot be answers: positions before the first ``sep_token_id`` (inclusive; position 0
+    stays allowed) get ``penalty`` subtracted from the span logits. Lengths come from ``question_lengths`` when
+    given, else from ``input_ids``; token types default to 1 after the question."""
+
+    sep_token_id: int
+    penalty: float = 1e6
+
+
+class SpanHead(Node):
+    """Span logits through a residual feed-forward block:
+    ``qa_outputs(output(act(intermediate(dropout(x))), residual=x))``, split into start/end logits."""
+
+    kind: Literal["span_head"] = "span_head"
+    dropout: float
+    intermediate: Linear
+    activation: Activation
+    output: AddNorm
+    qa_outputs: Linear
+    split: tuple[str, ...] = ("start_logits", "end_logits")
+    question_mask: QuestionMask | None = None
+
+    def extra_inputs(self) -> tuple[str, ...]:
+        return ("question_lengths",) if self.question_mask is not None else ()
+
+    def outputs(self) -> dict[str, tuple[bool, int]]:
+        return {name: (True, 1) for name in self.split}
+
+
+Head = Annotated[LMHead | DenseHead | ClassificationHead | SpanHead, Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------------ losses
+class CrossEntropyLoss(_Frozen):
+    """Mean cross-entropy of ``logits`` viewed as (-1, classes) against ``labels``, skipping -100.
+
+    ``shift`` (causal language modelling): position ``t`` predicts label ``t + 1``, i.e. ``logits[:, :-1]``
+    against ``labels[:, 1:]``, in float32 as HF PyTorch's causal-LM loss.
+    """
+
+    kind: Literal["cross_entropy"] = "cross_entropy"
+    logits: str
+    labels: str
+    ignore_index: int = -100
+    optional: bool = False  # added to the loss when its labels are given, never required
+    shift: bool = False
+
+
+class ClassificationLoss(_Frozen):
+    """HF's sequence-classification loss, its problem type inferred per call when not fixed."""
+
+    kind: Literal["classification"] = "classification"
+    logits: str
+    labels: str
+    num_labels: int
+    problem_type: Literal["regression", "single_label_classification", "multi_label_classification"] | None
+
+
+class SpanLoss(_Frozen):
+    """Question answering: mean of start and end cross-entropy, positions clamped to [0, S]."""
+
+    kind: Literal["span"] = "span"
+    start_logits: str = "start_logits"
+    end_logits: str = "end_logits"
+    start_positions: str = "start_positions"
+    end_positions: str = "end_positions"
+
+
+Loss = Annotated[CrossEntropyLoss | ClassificationLoss | SpanLoss, Field(discriminator="kind")]
+
+
+def loss_labels(loss: Loss) -> tuple[str, ...]:
+    """The label keyword arguments a loss term reads."""
+    if isinstance(loss, SpanLoss):
+        return (loss.start_positions, loss.end_positions)
+    return (loss.labels,)
