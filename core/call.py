@@ -9,7 +9,8 @@ A call goes through three steps, the same in every backend:
    result, a :class:`CallPlan`, is small and hashable, so a JAX backend can make it a static argument.
 2. :func:`run_call` executes the plan on the backend's arrays: it prepares the inputs (with a handful of
    array primitives, :class:`Ops`), then calls the node kinds of the graph through the backend's registry
-   (:class:`Runtime`): backbone, heads, losses. Which function runs a node is decided by its type alone.
+   (:class:`Runtime`): embeddings, encoder, pooler, heads, losses. Which function runs a node is decided by
+   its type alone.
 3. The backend wraps the returned fields in a :class:`~tandem.core.outputs.ModelOutput`.
 """
 

@@ -230,9 +230,10 @@ def match_weights(
     ``weights`` is a :class:`Checkpoint` (either layout) or a plain ``{HF PyTorch key: array}`` mapping.
     The base-model prefix is added or stripped as needed. Parameters that belong to a head the checkpoint's
     own task does not have are freshly initialised; weights that belong to the checkpoint's task but not to
-    ours are unused (both listed in one warning, as HF does). Anything else missing or unexpected, and any
-    shape mismatch, raises :class:`CheckpointError` naming the keys, unless ``strict=False``. Weights stored
-    in float16 or bfloat16 load as float32 (HF's default); the backend then applies the model's dtype.
+    ours, or to another task of the family, are unused (both listed in one warning, as HF does). Anything
+    else missing or unexpected, and any shape mismatch, raises :class:`CheckpointError` naming the keys,
+    unless ``strict=False``. Weights stored in float16 or bfloat16 load as float32 (HF's default); the
+    backend then applies the model's dtype.
     """
     match = _match(graph, weights)
     layout = match.layout
@@ -249,9 +250,12 @@ def match_weights(
     missing = []
     for entry in match.missing:
         (missing if _neutral(graph, entry, layout) in theirs else report.initialised).append(entry.key)
+    # Weights of another task of the family (bert-base-uncased declares BertForMaskedLM and holds the
+    # pretraining heads) are unused, as HF has it; names no task of the family declares are unexpected.
+    known = set(theirs) | (set(family_parameters(config, layout)) if match.left else set())
     unexpected = []
     for neutral, name in match.left.items():
-        (report.unused if neutral in theirs else unexpected).append(name)
+        (report.unused if neutral in known else unexpected).append(name)
 
     problems = _problems(match, unexpected, missing, f"{graph.family} {graph.task}")
     if problems and strict:

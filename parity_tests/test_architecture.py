@@ -51,6 +51,12 @@ def test_every_head_and_loss_kind_is_registered() -> None:
     assert kinds <= set(torch_nodes.IMPLS), sorted(k.__name__ for k in kinds - set(torch_nodes.IMPLS))
 
 
+def test_every_head_kind_declares_its_outputs() -> None:
+    """The call plan checks labels against the heads' outputs: a head kind without them would go unchecked."""
+    heads = n.Head.__args__[0].__args__
+    assert [h.__name__ for h in heads if h.outputs is n.Node.outputs] == []
+
+
 def test_a_missing_node_kind_names_kind_and_path() -> None:
     runtime = Runtime("torch", {}, ops=None, ctx=None)
     node = n.Pooler(path="pooler", dense=n.Linear(in_features=2, out_features=2))

@@ -448,7 +448,9 @@ def span_head(node: n.SpanHead, path: str, inputs: HeadInputs, ctx: Context) -> 
     return logits - inputs.question_mask[:, :, None].astype(logits.dtype) * node.question_mask.penalty
 
 
-# The registry: node kind -> implementation. Everything a graph holds runs through it (see core.call).
+# The registry: node kind -> implementation, for every kind that is dispatched by its type (see core.call):
+# what run_call calls, projections of either kind and loss terms. A composite's own parts (its LayerNorm,
+# attention, layers) are called by its function directly.
 IMPLS: dict[type, Callable[..., Any]] = {
     n.Linear: linear,
     n.GroupedConv1x1: conv1x1,

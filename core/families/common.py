@@ -30,7 +30,7 @@ from ..nodes import (
     score_divisor,
 )
 
-# Logical axes of the projections (see tandem.core.params.LOGICAL_AXES): queries, keys and values map the
+# Logical axes of the projections (listed in tandem.core.params' docstring): queries, keys and values map the
 # model width to the heads (heads x head_dim, fused as in the torch layout); the feed-forward goes to "mlp".
 QKV_AXES = ("embed", "heads")
 MLP_IN_AXES = ("embed", "mlp")

@@ -100,6 +100,11 @@ class Node(_Frozen):
         """Call keywords this node reads besides the common inputs and the labels (a head's own inputs)."""
         return ()
 
+    def outputs(self) -> dict[str, tuple[bool, int]]:
+        """A head's outputs: name -> (whether it has one row per token, the size of its last axis before any
+        split). The call plan reads them to check labels; every head kind defines it."""
+        return {}
+
     def buffers(self) -> tuple[str, ...]:
         """Names of non-parameter tensors HF PyTorch checkpoints may hold under this node (ignored on load)."""
         return ()

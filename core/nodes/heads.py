@@ -53,7 +53,6 @@ class LMHead(Node):
         return [ParamSpec(name="bias", shape=(self.decoder.vocab_size,), axes=("vocab",), init=ZerosInit())]
 
     def outputs(self) -> dict[str, tuple[bool, int]]:
-        """Each output's name -> (whether it has one row per token, its last-axis size)."""
         return {self.output: (True, self.decoder.vocab_size)}
 
 
