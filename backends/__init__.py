@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BACKENDS = {"torch": ("torch", "torch"), "flax": ("flax", "flax")}
+# name -> (framework it imports, extra that installs it); NNX ships with flax.
+BACKENDS = {"torch": ("torch", "torch"), "flax": ("flax", "flax"), "nnx": ("flax", "flax")}
 
 
 def load_backend(name: str) -> ModuleType:
-    """The adapter module for ``name`` ('torch' or 'flax'); a clear error if its framework is missing."""
+    """The adapter module for ``name`` ('torch', 'flax' or 'nnx'); a clear error if its framework is missing."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose 'torch' or 'flax'")
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(map(repr, BACKENDS))}")
     framework, extra = BACKENDS[name]
     try:
         importlib.import_module(framework)

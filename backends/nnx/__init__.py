@@ -1,0 +1,38 @@
+"""The Flax NNX adapter: graph + weights -> an ``nnx.Module`` whose ``nnx.Param`` state is HF Flax's tree.
+
+No node kind is implemented here: the module holds the parameters and runs the call plan through the linen
+backend's node kernels (:mod:`tandem.backends.flax.nodes`), so the NNX and linen backends compute the same
+numbers from the same tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ...core.config import FamilyConfig
+from ...core.nodes import ModelGraph
+from ...core.params import from_flax_tree, to_flax_tree
+from ..flax import _DTYPES
+from .generation import decoder_session, to_numpy
+from .model import NnxModel
+
+
+def create(
+    graph: ModelGraph, config: FamilyConfig, weights: Mapping[str, np.ndarray], dtype: str, seed: int = 0
+) -> NnxModel:
+    """An :class:`NnxModel` in eval mode with float32 params (HF Flax's convention) computing in ``dtype``;
+    its dropout stream is ``nnx.Rngs(dropout=seed)``."""
+    return NnxModel(graph, config, to_flax_tree(graph, weights), _DTYPES[dtype], nnx.Rngs(dropout=seed))
+
+
+def export(model: NnxModel) -> dict[str, np.ndarray]:
+    """The canonical (HF PyTorch layout) weights of ``model`` as numpy arrays."""
+    host = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), model.params)
+    return from_flax_tree(model.graph, host)
+
+
+__all__ = ["NnxModel", "create", "decoder_session", "export", "to_numpy"]

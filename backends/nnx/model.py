@@ -1,0 +1,155 @@
+"""Compile a layer graph into a ``flax.nnx`` module whose ``nnx.Param`` state is HF Flax's params tree."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ...core import nodes as n
+from ...core.call import check_input_names, input_rows, resolve_use_cache
+from ...core.config import FamilyConfig
+from ...core.outputs import ModelOutput
+from ...core.validation import check_values, value_ranges
+from ..flax.arrays import INT_INPUTS, as_array, concrete, ints
+from ..flax.cache import FlaxCache, cache_window, check_cache
+from .program import ModelSpec, forward, plan
+
+Array = jax.Array
+
+
+class Scope(nnx.Module):
+    """A plain container: one segment of an HF module path (``bert``, ``encoder``, ``layer``, ``0``...)."""
+
+
+def _attach(scope: nnx.Module, tree: Mapping[str, Any]) -> None:
+    """Create ``tree`` under ``scope``: a :class:`Scope` per nested dict, an ``nnx.Param`` per array."""
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            setattr(scope, name, Scope())
+            _attach(getattr(scope, name), value)
+        else:
+            setattr(scope, name, nnx.Param(jnp.asarray(value)))
+
+
+class NnxModel(nnx.Module):
+    """A compiled graph as an ``nnx.Module``. Call it with keyword arrays; it returns a :class:`ModelOutput`.
+
+    Its submodules follow the graph's HF paths and hold float32 ``nnx.Param``s with HF Flax's names and
+    layouts, so ``nnx.state(model, nnx.Param)`` is an HF Flax params tree (the linen backend's
+    ``params``). A parameter the graph shares (an ALBERT layer group, run by several steps of the encoder
+    schedule) is declared once, so it is one ``Param`` and is counted once. The call runs the graph's call
+    plan through the linen backend's node kernels on those parameters, compiled once per plan (see
+    :func:`~tandem.backends.nnx.program.forward`); inside ``nnx.jit``/``nnx.grad`` it is traced into the
+    caller's program.
+
+    Dropout follows NNX's convention: ``model.train()`` / ``model.eval()`` set ``deterministic``
+    (:func:`tandem.build` and :func:`tandem.from_pretrained` return it in eval mode), and training calls draw
+    their keys from the ``dropout`` stream of ``model.rngs``.
+
+    Example:
+        >>> model = tandem.build(config, task="masked_lm", backend="nnx", seed=0)
+        >>> step = nnx.jit(lambda model, ids: model(input_ids=ids).logits)
+        >>> step(model, jnp.array([[101, 2023, 102]])).shape
+        (1, 3, 30522)
+    """
+
+    backend = "nnx"
+
+    def __init__(
+        self, graph: n.ModelGraph, config: FamilyConfig, params: Mapping[str, Any], dtype: Any, rngs: nnx.Rngs
+    ) -> None:
+        clashes = sorted(set(params) & set(dir(type(self))))
+        if clashes:
+            raise ValueError(f"top-level parameter scopes {clashes} clash with {type(self).__name__} attributes")
+        self.spec = ModelSpec(graph, config, dtype)
+        self.deterministic = True
+        self.rngs = rngs
+        _attach(self, params)
+
+    @property
+    def graph(self) -> n.ModelGraph:
+        return self.spec.graph
+
+    @property
+    def config(self) -> FamilyConfig:
+        return self.spec.config
+
+    @property
+    def task(self) -> str:
+        return self.graph.task
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The current ``nnx.Param`` values as a nested HF Flax params tree (the linen backend's ``params``)."""
+        return nnx.state(self, nnx.Param).to_pure_dict()
+
+    def __call__(
+        self,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        token_type_ids: Any = None,
+        position_ids: Any = None,
+        head_mask: Any = None,
+        inputs_embeds: Any = None,
+        encoder_hidden_states: Any = None,
+        encoder_attention_mask: Any = None,
+        past_key_values: FlaxCache | None = None,
+        use_cache: bool | None = None,
+        cache_length: int | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        block_sparse_seed: int = 0,
+        **labels: Any,
+    ) -> ModelOutput:
+        """Run the model; the keywords are the linen backend's (:meth:`FlaxModel.apply
+        <tandem.backends.flax.model.FlaxModel.apply>`) less ``train``/``dropout_rng``, which the module's
+        mode and ``rngs`` replace. Label keyword arguments are the task's, plus its extra inputs.
+
+        Decoders take ``encoder_hidden_states``/``encoder_attention_mask``, ``use_cache`` (returns a
+        fixed-size :class:`FlaxCache` of ``cache_length`` slots) and ``past_key_values`` (continue from one;
+        its filled length must be concrete, so call with a cache outside ``nnx.jit``).
+        """
+        graph = self.graph
+        check_input_names(graph, labels)
+        use_cache = resolve_use_cache(graph, use_cache, past_key_values is not None, bool(labels))
+        cache = check_cache(graph.backbone.encoder, past_key_values)
+        raw = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+            "head_mask": head_mask,
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_attention_mask": encoder_attention_mask,
+            **{k: labels.pop(k) for k in graph.extra_inputs() if k in labels},
+        }
+        raw = {k: as_array(v) for k, v in raw.items()}
+        labels = {k: as_array(v) for k, v in labels.items()}
+        rows = input_rows(*(None if x is None else x.shape for x in (raw["input_ids"], raw["inputs_embeds"])))
+        raw["attention_mask"], cache_length = cache_window(
+            graph, raw["attention_mask"], rows, cache, use_cache, cache_length
+        )
+        training = not self.deterministic
+        past = None if cache is None else int(cache.length)
+        call = plan(graph, raw, labels, cache, use_cache, training, output_attentions, output_hidden_states, past)
+        check_values(graph, value_ranges({**raw, **labels}, concrete), call.num_choices)
+        arrays = {k: ints(v) if k in INT_INPUTS else None if v is None else jnp.asarray(v) for k, v in raw.items()}
+        labels = {k: jnp.asarray(v) for k, v in labels.items()}
+        dropout_rng = self.rngs.dropout() if training else None
+        out = forward(
+            self.params,
+            arrays,
+            labels,
+            dropout_rng,
+            cache,
+            model=self.spec,
+            plan=call,
+            block_sparse_seed=block_sparse_seed,
+            cache_length=cache_length,
+        )
+        return ModelOutput(out)
