@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .nodes import ACTIVATIONS
 
@@ -19,7 +21,7 @@ class FamilyConfig(BaseModel):
     rejected, never ignored.
     """
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
     model_type: ClassVar[str]
     positive_fields: ClassVar[tuple[str, ...]] = (
@@ -71,8 +73,8 @@ class FamilyConfig(BaseModel):
     def _check(self) -> FamilyConfig:
         for name in self.positive_fields:
             value = getattr(self, name, None)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+            if value is not None and not 0 < value <= _MAX_SIZE:
+                raise ValueError(f"{name} must be a positive integer of at most {_MAX_SIZE}, got {value}")
         for name in self.dropout_fields:
             value = getattr(self, name, None)
             if value is not None and not 0.0 <= value < 1.0:
@@ -83,6 +85,8 @@ class FamilyConfig(BaseModel):
             )
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if self.initializer_range < 0:
+            raise ValueError(f"initializer_range must be >= 0, got {self.initializer_range}")
         if self.pruned_heads:
             raise ValueError(
                 f"pruned_heads={self.pruned_heads} is not supported: tandem does not implement head "
@@ -108,31 +112,113 @@ class FamilyConfig(BaseModel):
         return data
 
     @classmethod
-    def from_hf_dict(cls, data: dict[str, Any]) -> FamilyConfig:
+    def from_hf_dict(cls, data: dict[str, Any], source: str = "config") -> FamilyConfig:
+        """The config of an HF ``config.json``'s contents, its types checked strictly (JSON has no ``"12"``
+        for 12); a ValueError naming ``source`` and every bad field otherwise."""
         data = dict(data)
         data.pop("model_type", None)
+        _check_hf_fields(data, source)
         id2label = data.get("id2label")
         if isinstance(id2label, dict):
             data.setdefault("num_labels", len(id2label))
             if id2label == _default_id2label(len(id2label)):  # HF's placeholder names carry nothing
                 data.pop("id2label")
                 data.pop("label2id", None)
-        return cls(**data)
+        try:
+            return cls.model_validate(data, strict=True)
+        except ValidationError as err:
+            raise ValueError(f"{source}: {describe(err)}") from None
+
+
+# Sizes are array dimensions and token ids, which JAX holds as int32.
+_MAX_SIZE = 2**31 - 1
+
+
+def describe(err: ValidationError) -> str:
+    """A pydantic error as one line: ``field: problem (got value)`` per error, the field named in each."""
+    problems = []
+    for error in err.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            where = ".".join(str(part) for part in error["loc"])
+            message = f"{where}: {message} (got {_short(error['input'])})"
+        problems.append(message)
+    return "; ".join(problems)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_hf_fields(data: dict[str, Any], source: str) -> None:
+    """HF fields that tandem keeps without a type of its own, checked as HF reads them."""
+    architectures = data.get("architectures")
+    if architectures is not None and not (
+        isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)
+    ):
+        raise ValueError(f"{source}: architectures must be a list of class names, got {_short(architectures)}")
+    for name, key_kind, value_kind in (("id2label", "label id", str), ("label2id", "label name", int)):
+        mapping = data.get(name)
+        if mapping is None:
+            continue
+        keys_ok = isinstance(mapping, dict) and all(_is_label_key(k, key_kind) for k in mapping)
+        if not keys_ok or not all(isinstance(v, value_kind) and not isinstance(v, bool) for v in mapping.values()):
+            raise ValueError(
+                f"{source}: {name} must map each {key_kind} to a {value_kind.__name__}, got {_short(mapping)}"
+            )
+
+
+def _is_label_key(key: Any, kind: str) -> bool:
+    if kind == "label name":
+        return isinstance(key, str)
+    return (isinstance(key, int) and not isinstance(key, bool)) or (isinstance(key, str) and key.isdigit())
 
 
 def _default_id2label(num_labels: int) -> dict[str, str]:
     return {str(i): f"LABEL_{i}" for i in range(num_labels)}
 
 
-def read_config_dict(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(path_or_dict, dict):
-        return dict(path_or_dict)
+def parse_hf_config(
+    path_or_dict: str | os.PathLike[str] | Mapping[str, Any], classes: Mapping[str, type[FamilyConfig]]
+) -> FamilyConfig:
+    """An HF ``config.json`` (a path, a checkpoint directory or its contents) as the config class that its
+    ``model_type`` names in ``classes``. Any problem is a ValueError naming the file and the field."""
+    data, source = _read_config(path_or_dict)
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str) or model_type not in classes:
+        raise ValueError(
+            f"{source}: model_type={_short(model_type)} is not supported; tandem knows {', '.join(sorted(classes))}"
+        )
+    return classes[model_type].from_hf_dict(data, source)
+
+
+def _read_config(path_or_dict: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The contents of a ``config.json`` as a dict, and the name of where they came from."""
+    if isinstance(path_or_dict, Mapping):
+        return dict(path_or_dict), "config"
+    if not isinstance(path_or_dict, (str, os.PathLike)):
+        raise TypeError(
+            f"expected a path to config.json or a checkpoint directory, or a dict, got {type(path_or_dict).__name__}"
+        )
     path = Path(path_or_dict)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json at {path}")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at {err.start})") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not a config: its JSON is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object of config fields, got a JSON {_json_kind(data)}")
+    return data, str(path)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds[type(value)]

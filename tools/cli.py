@@ -1,7 +1,9 @@
 """The ``tandem`` command: ``parity``, ``inspect``, ``bench`` and ``convert``.
 
-Exit codes: 0 success, 1 the backends (or the HF reference) disagree beyond the tolerance, 2 bad input
-(a missing path, an invalid config, an unknown task, a missing framework).
+Exit codes: 0 success, 1 the backends (or the HF reference) disagree beyond the tolerance, 2 any failure
+(bad arguments, a missing path, an invalid config or checkpoint, a missing framework, an unexpected error),
+130 interrupted. A failure is one line on stderr, ``tandem <command>: error: <message>``; with ``--json``
+it is also ``{"ok": false, "error": {"type": ..., "message": ...}}`` on stdout; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -11,23 +13,41 @@ import contextlib
 import json
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import build_graph, config_from_hf, summary
 from ..core import FAMILIES, Family
-from ..core.checkpoint import CheckpointError, task_for_checkpoint
+from ..core.checkpoint import task_for_checkpoint
 from ..core.params import count_params
 
-USAGE_ERRORS = (OSError, ValueError, ImportError, CheckpointError)
+
+class UsageError(Exception):
+    """Arguments the parser refused; ``prog`` is the (sub)command that refused them."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, raising its errors so that they are reported like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tandem", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="tandem", description=__doc__.splitlines()[0])
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     parity = commands.add_parser(
         "parity",
+        parents=[common],
         help="compare the torch and flax backends (and HF PyTorch) on the same weights and batch",
         description="Without PATH: every family and task at a small size with random weights. With PATH: an HF "
         "checkpoint directory. Exits 1 when any max |diff| exceeds --tol.",
@@ -45,16 +65,23 @@ def _parser() -> argparse.ArgumentParser:
     parity.add_argument("--no-reference", action="store_true", help="skip the HF transformers reference")
     parity.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
 
-    inspect = commands.add_parser("inspect", help="print a config, its layer graph and parameter counts")
+    inspect = commands.add_parser(
+        "inspect", parents=[common], help="print a config, its layer graph and parameter counts"
+    )
     inspect.add_argument("path", help="HF checkpoint directory or config.json")
     inspect.add_argument("--task", help="task to build (default: from the config's architectures, else base)")
+    inspect.add_argument("--json", action="store_true", help="print the config and parameter counts as JSON")
 
-    bench = commands.add_parser("bench", help="bert-base forward: ours vs HF transformers, both backends")
+    bench = commands.add_parser(
+        "bench", parents=[common], help="bert-base forward: ours vs HF transformers, both backends"
+    )
     from .bench import add_arguments
 
     add_arguments(bench)
 
-    convert = commands.add_parser("convert", help="convert an HF checkpoint for torch or flax, tensor by tensor")
+    convert = commands.add_parser(
+        "convert", parents=[common], help="convert an HF checkpoint for torch or flax, tensor by tensor"
+    )
     from .convert import add_arguments as add_convert_arguments
 
     add_convert_arguments(convert)
@@ -63,7 +90,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tandem`` command line; returns the exit code."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as err:  # the flags are not parsed yet: look for them as written
+        return _fail(err.prog, err, "--json" in argv, "--debug" in argv)
     prog = f"tandem {args.command}"
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_: print(f"{prog}: warning: {message}", file=sys.stderr)
@@ -82,9 +113,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # output piped into `head` and the like: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        except USAGE_ERRORS as err:
-            print(f"{prog}: error: {err}", file=sys.stderr)
-            return 2
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # every failure, ours or a framework's, ends the same way
+            return _fail(prog, err, args.json, args.debug)
+
+
+def _fail(prog: str, err: BaseException, as_json: bool, debug: bool) -> int:
+    """Report ``err`` as one line on stderr (and JSON on stdout); the exit code of a failure."""
+    if debug:
+        traceback.print_exception(err)
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"ok": False, "error": {"type": type(err).__name__, "message": message}}))
+    return 2
 
 
 def _require_backends() -> None:
@@ -148,13 +192,18 @@ def _inspect(args: argparse.Namespace) -> int:
     config = config_from_hf(args.path)
     task = args.task or task_for_checkpoint(config) or "base"
     graph = build_graph(config, task)
+    backbone = graph.backbone
+    parts = [(backbone.path or "(base)", backbone), *[(f"head {h.output}", h) for h in graph.heads]]
+    if args.json:
+        counts = {label: count_params(node) for label, node in parts}
+        report = {"family": graph.family, "task": graph.task, "config": config.to_hf_dict(), "parameters": counts}
+        print(json.dumps({**report, "total_parameters": count_params(graph)}, indent=2, sort_keys=True))
+        return 0
     print(f"config ({config.model_type}):")
     print(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
     print(f"\ngraph ({graph.family} {graph.task}):")
     print(summary(graph))
     print("\nparameters:")
-    backbone = graph.backbone
-    parts = [(backbone.path or "(base)", backbone), *[(f"head {h.output}", h) for h in graph.heads]]
     for label, node in parts:
         print(f"  {label:<32} {count_params(node):>14,}")
     print(f"  {'total':<32} {count_params(graph):>14,}")

@@ -12,7 +12,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
 import warnings
@@ -23,7 +25,7 @@ from typing import Any, TextIO
 
 from ..core.checkpoint import plan_conversion, read_weights
 from ..core.families import config_from_hf
-from ..core.io import FORMATS, Format, Layout, float_dtype, nbytes, write_checkpoint
+from ..core.io import FORMATS, Format, Layout, checkpoint_directory, float_dtype, nbytes, parse_size, write_checkpoint
 
 # The formats each framework's HF classes load; the first is the default.
 TARGETS: dict[Layout, tuple[Format, ...]] = {"torch": ("safetensors", "bin"), "flax": ("msgpack", "safetensors")}
@@ -48,6 +50,10 @@ class ConversionReport:
     seconds: float
     skipped: list[str] = field(default_factory=list)  # with strict=False: tensors that were not converted
     missing: list[str] = field(default_factory=list)  # with strict=False: parameters the source lacks
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (paths as strings)."""
+        return {**dataclasses.asdict(self), "source": str(self.source), "destination": str(self.destination)}
 
     def summary(self) -> str:
         return (
@@ -80,12 +86,21 @@ def convert(
     ``progress(total_bytes)`` returns a callback called with each tensor's name and size as it is written.
     """
     start = time.perf_counter()
-    source, destination = Path(source), Path(destination)
-    if to not in TARGETS:
-        raise ValueError(f"--to must be torch or flax, got {to!r}")
+    source = checkpoint_directory(source, "source")
+    if not isinstance(destination, (str, os.PathLike)):
+        raise TypeError(
+            f"destination must be a str or os.PathLike naming a directory, got {type(destination).__name__}"
+        )
+    destination = Path(destination)
+    if not isinstance(to, str) or to not in TARGETS:
+        raise ValueError(f"to must be 'torch' or 'flax', got {to!r}")
     format = format or TARGETS[to][0]
     if format not in TARGETS[to]:
         raise ValueError(f"{to} checkpoints are written as {' or '.join(TARGETS[to])}, not {format}")
+    if dtype is not None:
+        float_dtype(dtype)
+    if max_shard_size is not None:
+        parse_size(max_shard_size)
     config = config_from_hf(source)
     weights = read_weights(source, source_format)
     match, tensors = plan_conversion(config, weights, to, float_dtype(dtype) if dtype else None, strict)
@@ -173,6 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-strict", action="store_true", help="convert what fits and warn about the rest instead of failing"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary line")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
         strict=not args.no_strict,
         progress=(lambda total: ProgressBar(total, sys.stderr)) if show else None,
     )
-    if not args.quiet:
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif not args.quiet:
         print(report.summary())
     return 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import FamilyConfig, read_config_dict
+from ..config import FamilyConfig, parse_hf_config
 from ..nodes import ModelGraph
 from . import albert, bert, big_bird, squeezebert
 from .tasks import Task
@@ -59,13 +59,7 @@ def family_of(config: FamilyConfig) -> Family:
 
 def config_from_hf(path_or_dict: str | Path | dict[str, Any]) -> FamilyConfig:
     """Read an HF ``config.json`` (a path, a checkpoint directory or a dict) into a family config."""
-    data = read_config_dict(path_or_dict)
-    model_type = data.get("model_type")
-    if model_type not in FAMILIES:
-        raise ValueError(
-            f"config model_type={model_type!r} is not supported; tandem knows {', '.join(sorted(FAMILIES))}"
-        )
-    return FAMILIES[model_type].config_class.from_hf_dict(data)
+    return parse_hf_config(path_or_dict, {name: family.config_class for name, family in FAMILIES.items()})
 
 
 def build_graph(config: FamilyConfig, task: str = "base") -> ModelGraph:

@@ -6,7 +6,8 @@ before a view is made, and a bad one raises :class:`CheckpointError` naming the 
 never reaches outside the bytes its tensor owns. Writers write one tensor at a time (a :class:`Deferred`
 tensor, e.g. a transposed view of the source, is made only then; an untouched one is written straight from
 the source's mapping), so converting a checkpoint never holds two copies of it. A checkpoint directory is
-written into a temporary folder and its files are moved into place only once all of them are complete.
+written into a staging folder and its files are moved into place only once all of them are complete; the
+move removes every other weights file there, so a directory tandem wrote holds exactly one checkpoint.
 
 The formats, as HF writes them (one private module each):
 
@@ -29,7 +30,7 @@ The formats, as HF writes them (one private module each):
 and ``_tensors`` holds what they share (dtypes, deferred tensors, views, streamed writes).
 """
 
-from ._directory import Checkpoint, detect_format, read_checkpoint, write_checkpoint
+from ._directory import Checkpoint, checkpoint_directory, detect_format, read_checkpoint, write_checkpoint
 from ._sharding import FORMATS, FormatFiles, parse_size
 from ._tensors import CheckpointError, Deferred, Format, Layout, Tensor, float_dtype, is_floating, nbytes
 
@@ -42,6 +43,7 @@ __all__ = [
     "FormatFiles",
     "Layout",
     "Tensor",
+    "checkpoint_directory",
     "detect_format",
     "float_dtype",
     "is_floating",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from ._torch_bin import read_bin, write_bin
 
 # Weight files of formats tandem does not read, named in the error when a directory holds only those.
 _OTHER_WEIGHTS = ("tf_model.h5", "tf_model.h5.index.json", "model.ckpt.index", "model.onnx")
+# Those again, TF's shards and checkpoint companions included: a write removes them with the other formats.
+_FOREIGN_WEIGHTS = re.compile(r"tf_model(-\d{5}-of-\d{5})?\.h5|tf_model\.h5\.index\.json|model\.ckpt\..+|model\.onnx")
 _WRITERS = {"safetensors": write_safetensors, "msgpack": write_msgpack, "bin": write_bin}
 
 
@@ -44,7 +48,11 @@ class Checkpoint(Mapping[str, np.ndarray]):
 
 
 def detect_format(directory: Path) -> Format:
-    """The format of the weights in ``directory``, in HF's order of preference."""
+    """The format of the weights in ``directory``: the first of safetensors, bin, msgpack that it holds.
+
+    This is HF PyTorch's order of preference (HF Flax looks for msgpack first); a single file wins over an
+    index of the same format. A directory tandem wrote holds one format only (see :func:`write_checkpoint`).
+    """
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
     for name, files in FORMATS.items():
@@ -63,13 +71,28 @@ def detect_format(directory: Path) -> Format:
     )
 
 
+def checkpoint_directory(path: str | os.PathLike[str], argument: str) -> Path:
+    """``path`` as a Path when it is an existing directory; otherwise an error that names ``argument``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{argument} must be a str or os.PathLike naming a directory, got {type(path).__name__}")
+    directory = Path(path)
+    if directory.is_file():
+        raise ValueError(
+            f"{argument}={str(path)!r} is a file; expected a checkpoint directory (config.json and the weights), "
+            f"e.g. {str(directory.parent)!r}"
+        )
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no config.json at {directory}: {argument} names no directory")
+    return directory
+
+
 def read_checkpoint(directory: str | Path, format: Format | None = None) -> Checkpoint:
     """Open the checkpoint in ``directory`` (``format``: which one, when it holds several)."""
     directory = Path(directory)
     if format is None:
         format = detect_format(directory)
-    elif format not in FORMATS:
-        raise ValueError(f"unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}")
+    else:
+        _check_format(format)
     files = FORMATS[format]
     single, index = directory / files.single, directory / files.index
     if single.is_file():
@@ -109,31 +132,51 @@ def write_checkpoint(
     """Write ``tensors`` (and extra ``files``, e.g. ``config.json``) as an HF checkpoint into ``directory``.
 
     Names are torch keys (``layout="torch"``) or ``/``-joined flax paths (``layout="flax"``). Everything is
-    written into a temporary folder inside ``directory`` and moved into place only when complete, with
-    interrupts held back while the files move; weight files of the same format that the new checkpoint does
-    not have (an older checkpoint's shards) are then removed. A failure or an interrupt before that leaves
-    ``directory`` as it was. ``on_tensor(name, nbytes)`` is called after each tensor is written. Returns the
-    names of the files written.
+    written into a staging folder inside ``directory`` and moved into place only when complete, with
+    interrupts held back while the files move (see ``_staging``). The move also removes every weights file
+    the new checkpoint does not have: an older checkpoint's shards and index, weights of another format
+    (``model.safetensors`` beside a new ``flax_model.msgpack``) and TF/ONNX weights, so the directory holds
+    exactly one checkpoint and no loader can pair stale weights with the new ``config.json``. A failure or an
+    interrupt before the move leaves ``directory`` as it was. ``on_tensor(name, nbytes)`` is called after each
+    tensor is written. Returns the names of the files written.
     """
+    _check_format(format)
+    if layout not in ("torch", "flax"):
+        raise ValueError(f"layout must be 'torch' or 'flax', got {layout!r}")
     if (format == "bin" and layout != "torch") or (format == "msgpack" and layout != "flax"):
         raise ValueError(f"{format} holds {'torch' if format == 'bin' else 'flax'}-layout weights, not {layout}")
     names = FORMATS[format]
     limit = None if max_shard_size is None else parse_size(max_shard_size)
     shards = plan_shards(tensors, limit)
     done = on_tensor or (lambda _name, _size: None)
-    with staging(Path(directory)) as (stage, commit):
-        written = []
-        for i, shard in enumerate(shards, start=1):
-            file = names.single if len(shards) == 1 else names.shard(i, len(shards))
-            _WRITERS[format](stage / file, {name: tensors[name] for name in shard}, layout, done)
-            written.append(file)
-        if len(shards) > 1:
-            dotted = layout == "flax" and format == "safetensors"  # HF Flax's safetensors index uses "."
-            index = index_json(tensors, shards, written, lambda name: name.replace("/", ".") if dotted else name)
-            (stage / names.index).write_text(index)
-            written.append(names.index)
-        for name, content in (files or {}).items():
-            (stage / name).write_bytes(content)
-            written.append(name)
-        commit(written, names.owns)
+    try:
+        with staging(Path(directory)) as (stage, commit):
+            written = []
+            for i, shard in enumerate(shards, start=1):
+                file = names.single if len(shards) == 1 else names.shard(i, len(shards))
+                _WRITERS[format](stage / file, {name: tensors[name] for name in shard}, layout, done)
+                written.append(file)
+            if len(shards) > 1:
+                dotted = layout == "flax" and format == "safetensors"  # HF Flax's safetensors index uses "."
+                index = index_json(tensors, shards, written, lambda n: n.replace("/", ".") if dotted else n)
+                (stage / names.index).write_text(index)
+                written.append(names.index)
+            for name, content in (files or {}).items():
+                (stage / name).write_bytes(content)
+                written.append(name)
+            commit(written, _is_weights)
+    except OSError as err:
+        if err.filename is None:  # a failed write() (disk full) names no file: name the checkpoint
+            err.filename = str(directory)
+        raise
     return written
+
+
+def _check_format(format: object) -> None:
+    if not isinstance(format, str) or format not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _is_weights(name: str) -> bool:
+    """Whether ``name`` is a weights file a write replaces: any HF format, single, index or shard."""
+    return any(files.owns(name) for files in FORMATS.values()) or _FOREIGN_WEIGHTS.fullmatch(name) is not None

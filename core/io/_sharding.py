@@ -39,14 +39,20 @@ FORMATS: dict[Format, FormatFiles] = {
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes in ``size``: an int or HF's notation (``"500MB"``, ``"5GB"``, ``"2GiB"``)."""
+    """Bytes in ``max_shard_size``: a positive int or HF's notation (``"500MB"``, ``"5GB"``, ``"2GiB"``)."""
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise TypeError(f"max_shard_size must be an int (bytes) or a str such as '500MB', got {type(size).__name__}")
     if isinstance(size, int):
-        return size
-    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?I?B)?\s*", size.upper())
-    if match is None or (match.group(2) or "B") not in units:
-        raise ValueError(f"cannot read a size from {size!r}; write e.g. 500MB, 5GB or 2GiB")
-    return int(float(match.group(1)) * units[match.group(2) or "B"])
+        value = size
+    else:
+        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?I?B)?\s*", size.upper())
+        if match is None or (match.group(2) or "B") not in units:
+            raise ValueError(f"max_shard_size: cannot read a size from {size!r}; write e.g. 500MB, 5GB or 2GiB")
+        value = int(float(match.group(1)) * units[match.group(2) or "B"])
+    if value < 1:
+        raise ValueError(f"max_shard_size must be at least 1 byte, got {size!r}")
+    return value
 
 
 def plan_shards(tensors: Mapping[str, Tensor], max_shard_size: int | None) -> list[list[str]]:
