@@ -144,3 +144,14 @@ def test_shapes_are_checked_inside_a_users_jit() -> None:
         run(model.params, np.ones((1, 3), np.float32))
     with pytest.raises(ValueError, match=r"input_ids must be \(batch, length\)"):
         run(model.params, np.ones((3,), np.int32))
+
+
+def test_torch_takes_numpy_and_lists_as_flax_does() -> None:
+    model = _model("masked_lm", "torch")
+    ids = np.array([[1, 2, 3]])
+    expected = model(input_ids=torch.from_numpy(ids), labels=torch.from_numpy(ids))
+    for given in (ids, ids.tolist()):
+        out = model(input_ids=given, labels=given)
+        assert torch.equal(out.logits, expected.logits) and torch.equal(out.loss, expected.loss)
+    with pytest.raises(ValueError, match=r"input_ids holds 50"):
+        model(input_ids=[[1, 50]])

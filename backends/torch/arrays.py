@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,3 +60,11 @@ class TorchOps:
 
     def column(self, x: Tensor, index: int) -> Tensor:
         return x[..., index].contiguous()
+
+
+def as_tensor(value: Any, device: torch.device) -> Tensor | None:
+    """A tensor as given; a numpy array or nested list as a tensor on ``device`` (HF wants tensors; tandem
+    takes what the flax backend takes too)."""
+    if value is None or isinstance(value, Tensor):
+        return value
+    return torch.from_numpy(np.asarray(value)).to(device)

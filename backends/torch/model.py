@@ -10,13 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from ...core import nodes as n
-from ...core.call import Runtime, check_input_names, plan_call, resolve_use_cache, run_call
+from ...core.call import INPUTS, Runtime, check_input_names, plan_call, resolve_use_cache, run_call
 from ...core.config import FamilyConfig
 from ...core.outputs import ModelOutput
 from ...core.params import param_entries, torch_aliases
 from ...core.validation import check_values, value_ranges
 from . import nodes as ops
-from .arrays import TorchOps, spec
+from .arrays import TorchOps, as_tensor, spec
 
 
 def _attach(root: nn.Module, key: str, param: nn.Parameter) -> None:
@@ -97,20 +97,24 @@ class TorchModel(nn.Module):
         extras = {k: labels.pop(k) for k in graph.extra_inputs() if k in labels}
         use_cache = resolve_use_cache(graph, use_cache, past_key_values is not None, bool(labels))
         past = _check_past(graph.backbone.encoder, past_key_values)
-        inputs = {
+        device = next(self.parameters()).device
+        arrays = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "token_type_ids": token_type_ids,
             "position_ids": position_ids,
             "inputs_embeds": inputs_embeds,
+            "head_mask": head_mask,
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_attention_mask": encoder_attention_mask,
             **extras,
         }
+        arrays = {k: as_tensor(v, device) for k, v in arrays.items()}
+        labels = {k: as_tensor(v, device) for k, v in labels.items()}
         past_length = 0 if past is None else past[0][0].shape[2]
-        specs = {"head_mask": head_mask, "encoder_hidden_states": encoder_hidden_states}
-        specs |= {"encoder_attention_mask": encoder_attention_mask, **inputs}
         plan = plan_call(
             graph,
-            {k: spec(v) for k, v in specs.items()},
+            {k: spec(v) for k, v in arrays.items()},
             {k: spec(v) for k, v in labels.items()},
             past_length=None if past is None else past_length,
             cached_cross=past is not None and len(past[0]) == 4,
@@ -119,7 +123,7 @@ class TorchModel(nn.Module):
             output_hidden_states=output_hidden_states,
             training=self.training,
         )
-        check_values(graph, value_ranges({**inputs, **labels}, _concrete), plan.num_choices)
+        check_values(graph, value_ranges({**arrays, **labels}, _concrete), plan.num_choices)
         params = dict(self.named_parameters(remove_duplicate=False))
         ctx = ops.Context(
             params=params,
@@ -129,17 +133,17 @@ class TorchModel(nn.Module):
             block_sparse=plan.block_sparse,
             block_sparse_seed=block_sparse_seed,
         )
-        device = (input_ids if input_ids is not None else inputs_embeds).device
-        runtime = Runtime("torch", ops.IMPLS, TorchOps(device, next(iter(params.values())).dtype), ctx)
+        rows = arrays["input_ids"] if input_ids is not None else arrays["inputs_embeds"]
+        runtime = Runtime("torch", ops.IMPLS, TorchOps(rows.device, next(iter(params.values())).dtype), ctx)
         out = run_call(
             graph,
             plan,
-            inputs,
+            {k: arrays[k] for k in (*INPUTS, *extras)},
             labels,
             runtime,
-            head_mask=head_mask,
-            encoder_states=encoder_hidden_states,
-            encoder_mask=encoder_attention_mask,
+            head_mask=arrays["head_mask"],
+            encoder_states=arrays["encoder_hidden_states"],
+            encoder_mask=arrays["encoder_attention_mask"],
             past=past,
             position_start=past_length,
         )
