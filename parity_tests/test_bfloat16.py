@@ -55,7 +55,7 @@ def test_bfloat16_within_bound(task: str, checkpoints: harness.CheckpointCache) 
     # Flax keeps float32 params and computes in bfloat16 (HF Flax's convention).
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(flax_bf16.params))
 
-    for name, output in (("torch", harness.flat_outputs(raw_torch)), ("flax", harness.flat_outputs(raw_flax))):
+    for name, output in (("torch", harness.flatten_outputs(raw_torch)), ("flax", harness.flatten_outputs(raw_flax))):
         errors = _scaled_errors(output, reference)
         harness.record(f"bf16 {name} vs fp32 torch (scaled)", max(errors.values()))
         bad = {k: e for k, e in errors.items() if not e <= BF16_BOUND}

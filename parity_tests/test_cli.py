@@ -14,7 +14,7 @@ from tandem.core.params import count_params
 from tandem.tools import parity
 from tandem.tools.cli import main
 
-SMALL = parity.small_config(FAMILIES["bert"])  # max_position_embeddings 64
+SMALL = parity.small_config(FAMILIES["bert"])  # max_position_embeddings 40
 
 
 @pytest.fixture(scope="module")

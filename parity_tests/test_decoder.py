@@ -56,7 +56,7 @@ class Decoder:
 
 def _make_decoder(directory: Path, name: str, overrides: dict[str, Any], seed: int = 0) -> Decoder:
     torch.manual_seed(seed)
-    hf = _perturbed(transformers.BertLMHeadModel(harness.hf_config(**overrides)), seed)
+    hf = _perturbed(transformers.BertLMHeadModel(harness.hf_config("bert", overrides=overrides)), seed)
     hf.save_pretrained(directory, safe_serialization=True)
     return Decoder(
         name=name,
@@ -325,7 +325,7 @@ def test_bert2bert_matches_hf_encoder_decoder(tmp_path: Path) -> None:
     ``EncoderDecoderModel`` on the same weights, in both backends; greedy generation too."""
     torch.manual_seed(0)
     config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
-        harness.hf_config(), harness.hf_config(**CROSS)
+        harness.hf_config("bert"), harness.hf_config("bert", overrides=CROSS)
     )
     hf = _perturbed(transformers.EncoderDecoderModel(config=config), seed=0)
     hf.encoder.save_pretrained(tmp_path / "encoder", safe_serialization=True)
@@ -396,7 +396,7 @@ def test_checkpoint_names_match_hf(cross_decoder: Decoder, tmp_path: Path) -> No
     ``save_pretrained`` writes a checkpoint HF loads as ``BertLMHeadModel``."""
     case = cross_decoder
     assert list(case.torch.state_dict()) == list(case.hf.state_dict())
-    module = transformers.FlaxBertForCausalLM.module_class(harness.hf_config(**CROSS))
+    module = transformers.FlaxBertForCausalLM.module_class(harness.hf_config("bert", overrides=CROSS))
     ids = jax.numpy.ones((1, 4), jax.numpy.int32)
     states = jax.numpy.ones((1, 2, case.config["hidden_size"]))
     theirs = jax.eval_shape(

@@ -1,16 +1,15 @@
 """ALBERT, SqueezeBERT and BigBird parity: HF PyTorch checkpoint -> tandem torch and flax, every HF output.
 
-One case table per family and one call per case, on the shared harness' batches and comparisons. Each HF
-model is made by HF itself (its own init under a fixed seed, every parameter then perturbed so that no bias
-or norm sits at its trivial init value), saved with ``save_pretrained`` and loaded with
-:func:`tandem.from_pretrained`.
+One case table and one call per case on the shared harness (:mod:`tandem.tools.harness`), whose reference
+table holds each family's tiny config. Each HF model is made by HF itself (its own init under a fixed seed,
+every parameter then perturbed so that no bias or norm sits at its trivial init value), saved with
+``save_pretrained`` and loaded with :func:`tandem.from_pretrained`; HF Flax runs on the same checkpoint
+wherever HF has the class and it can agree with HF PyTorch.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,161 +18,22 @@ import jax
 import numpy as np
 import pytest
 import torch
-import transformers
+from harness import REFERENCES, Case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tandem
 from tandem.backends.flax import nodes as flax_nodes
 
+SPARSE = 30  # BigBird: > (5 + 2 * 1) * 4 tokens run block-sparse attention, padded to 32 (then cut back)
+# HF Flax BigBird raises on lengths that are not a multiple of the block size, runs a degenerate block-sparse
+# attention on short inputs and returns no attention maps in block-sparse mode (docs/families/big_bird.md).
+NO_SPARSE_MAPS = ("attentions",)
 
-@dataclass(frozen=True)
-class Family:
-    config_class: str
-    classes: dict[str, str]
-    tiny: dict[str, Any]
-
-
-FAMILIES: dict[str, Family] = {
-    "albert": Family(
-        "AlbertConfig",
-        {
-            "base": "AlbertModel",
-            "pretraining": "AlbertForPreTraining",
-            "masked_lm": "AlbertForMaskedLM",
-            "sequence_classification": "AlbertForSequenceClassification",
-            "multiple_choice": "AlbertForMultipleChoice",
-            "token_classification": "AlbertForTokenClassification",
-            "question_answering": "AlbertForQuestionAnswering",
-        },
-        {
-            "vocab_size": 91,
-            "embedding_size": 20,
-            "hidden_size": 36,
-            "num_attention_heads": 3,
-            "intermediate_size": 47,
-            "num_hidden_layers": 4,
-            "num_hidden_groups": 2,
-            "inner_group_num": 2,
-            "max_position_embeddings": 40,
-            "initializer_range": 0.2,
-        },
-    ),
-    "squeezebert": Family(
-        "SqueezeBertConfig",
-        {
-            "base": "SqueezeBertModel",
-            "masked_lm": "SqueezeBertForMaskedLM",
-            "sequence_classification": "SqueezeBertForSequenceClassification",
-            "multiple_choice": "SqueezeBertForMultipleChoice",
-            "token_classification": "SqueezeBertForTokenClassification",
-            "question_answering": "SqueezeBertForQuestionAnswering",
-        },
-        {
-            "vocab_size": 91,
-            "embedding_size": 32,
-            "hidden_size": 32,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "q_groups": 4,
-            "k_groups": 2,
-            "v_groups": 1,
-            "post_attention_groups": 2,
-            "intermediate_groups": 4,
-            "output_groups": 8,
-            "layer_norm_eps": 1e-5,  # the encoder norms must still use 1e-12 (HF's quirk)
-            "max_position_embeddings": 40,
-            "initializer_range": 0.2,
-        },
-    ),
-    "big_bird": Family(
-        "BigBirdConfig",
-        {
-            "base": "BigBirdModel",
-            "pretraining": "BigBirdForPreTraining",
-            "masked_lm": "BigBirdForMaskedLM",
-            "sequence_classification": "BigBirdForSequenceClassification",
-            "multiple_choice": "BigBirdForMultipleChoice",
-            "token_classification": "BigBirdForTokenClassification",
-            "question_answering": "BigBirdForQuestionAnswering",
-        },
-        {
-            "vocab_size": 91,
-            "hidden_size": 32,
-            "num_attention_heads": 4,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "block_size": 4,
-            "num_random_blocks": 1,
-            "max_position_embeddings": 64,
-            "sep_token_id": 5,
-            "initializer_range": 0.2,
-        },
-    ),
-}
-
-
-def make_hf(family: str, task: str, seed: int = 0, perturb: float = 0.05, **overrides: Any) -> torch.nn.Module:
-    spec = FAMILIES[family]
-    config = getattr(transformers, spec.config_class)(**{**spec.tiny, **overrides}, attn_implementation="eager")
-    torch.manual_seed(seed)
-    with harness.quiet():
-        model = getattr(transformers, spec.classes[task])(config)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(perturb * torch.randn(param.shape, generator=generator))
-    return model.eval()
-
-
-def load(family: str, task: str, directory: Path, **overrides: Any) -> tuple[torch.nn.Module, Any, Any]:
-    """HF model (a fresh copy per call: HF BigBird mutates itself on short inputs), tandem torch, flax."""
-    hf = make_hf(family, task, **overrides)
-    hf.save_pretrained(directory, safe_serialization=True)
-    with harness.quiet():
-        ours_torch = tandem.from_pretrained(directory, backend="torch")
-        ours_flax = tandem.from_pretrained(directory, backend="flax")
-    assert ours_torch.task == task and ours_flax.task == task
-    return hf, ours_torch, ours_flax
-
-
-def batch_for(family: str, task: str, length: int, seed: int = 0, **overrides: Any) -> harness.Batch:
-    config = {**FAMILIES[family].tiny, **overrides}
-    # BigBird's block-sparse scores of a fully masked row sit at -10000, where float32 steps are ~1e-3: its
-    # (unused, zero-context) attention map is rounding noise in any implementation, so it is left out.
-    patterns = (0, 1, 2, 4) if family == "big_bird" else None
-    batch = harness.make_batch(task, config, seed=seed, batch=4, length=length, mask_patterns=patterns)
-    if family == "albert" and task == "pretraining":  # ALBERT's second label is the sentence order
-        batch.labels["sentence_order_label"] = batch.labels.pop("next_sentence_label")
-    if family == "big_bird" and task == "question_answering":
-        ids = batch.inputs["input_ids"]
-        ids[:, 3] = config["sep_token_id"]  # question = first 4 tokens (the -1e6 logits mask)
-        ids[1, 3] = 7  # row 1 has its first separator later
-        ids[1, 6] = config["sep_token_id"]
-        del batch.inputs["token_type_ids"]  # token types then come from the question mask
-    return batch
-
-
-def check_parity(hf: torch.nn.Module, ours_torch: Any, ours_flax: Any, batch: harness.Batch) -> None:
-    flags = {"output_hidden_states": True, "output_attentions": True}
-    reference = harness.run_torch(hf, batch, **flags)
-    got_torch = harness.run_torch(ours_torch, batch, **flags)
-    got_flax = harness.run_flax(ours_flax, batch, **flags)
-    harness.same_fields("family torch vs HF torch", got_torch, reference)
-    harness.same_fields("family flax vs HF torch", got_flax, reference)
-    harness.compare("family torch vs HF torch", got_torch, reference)
-    harness.compare("family flax vs HF torch", got_flax, reference)
-    harness.compare("family torch vs flax", got_torch, got_flax)
-    plain = harness.run_torch(ours_torch, batch)
-    harness.compare("family torch vs HF torch", plain, harness.run_torch(hf, batch))
-
-
-# family, task, HF config overrides, sequence length
-CASES: list[tuple[str, str, dict[str, Any], int]] = [
-    *((("albert", task, {}, 9)) for task in FAMILIES["albert"].classes),
+CASES: list[Case] = [
+    *(Case("albert", task) for task in REFERENCES["albert"].tasks),
     # layers not divisible by groups, one inner layer, E == H, gelu
-    (
+    Case(
         "albert",
         "sequence_classification",
         {
@@ -184,67 +44,57 @@ CASES: list[tuple[str, str, dict[str, Any], int]] = [
             "hidden_act": "gelu",
             "num_labels": 3,
         },
-        9,
     ),
-    ("albert", "masked_lm", {"tie_word_embeddings": False}, 9),
-    *((("squeezebert", task, {}, 9)) for task in FAMILIES["squeezebert"].classes),
-    ("squeezebert", "token_classification", {"q_groups": 1, "k_groups": 8, "output_groups": 1, "num_labels": 3}, 9),
-    # block-sparse: length 30 > (5 + 2) * 4 runs sparse, padded to 32
-    *((("big_bird", task, {}, 30)) for task in FAMILIES["big_bird"].classes),
-    ("big_bird", "masked_lm", {}, 12),  # short: dense attention for this call
-    ("big_bird", "question_answering", {"block_size": 2, "num_random_blocks": 2}, 29),
-    ("big_bird", "sequence_classification", {"attention_type": "original_full", "use_bias": False}, 30),
-    ("big_bird", "base", {"rescale_embeddings": True, "hidden_act": "relu"}, 33),
+    Case("albert", "masked_lm", {"tie_word_embeddings": False}),
+    *(Case("squeezebert", task) for task in REFERENCES["squeezebert"].tasks),
+    Case("squeezebert", "token_classification", {"q_groups": 1, "k_groups": 8, "output_groups": 1, "num_labels": 3}),
+    # The decoder runs full causal attention (the family's task config): HF Flax takes any length there.
+    *(Case("big_bird", task, length=SPARSE, hf_flax=task == "causal_lm") for task in REFERENCES["big_bird"].tasks),
+    Case("big_bird", "pretraining", length=32, hf_flax_lacks=NO_SPARSE_MAPS),
+    Case("big_bird", "question_answering", length=32, hf_flax_lacks=NO_SPARSE_MAPS),
+    Case("big_bird", "masked_lm", length=12, hf_flax=False),  # short: dense attention for this call
+    Case("big_bird", "question_answering", {"block_size": 2, "num_random_blocks": 2}, length=29, hf_flax=False),
+    # HF Flax's full attention always has a Q/K/V bias
+    Case(
+        "big_bird",
+        "sequence_classification",
+        {"attention_type": "original_full", "use_bias": False},
+        length=SPARSE,
+        hf_flax=False,
+    ),
+    Case("big_bird", "base", {"rescale_embeddings": True, "hidden_act": "relu"}, length=33, hf_flax=False),
 ]
 
 
-@pytest.mark.parametrize(
-    ("family", "task", "overrides", "length"), CASES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)]
-)
-def test_family_parity(family: str, task: str, overrides: dict[str, Any], length: int, tmp_path: Path) -> None:
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    hf, ours_torch, ours_flax = load(family, task, tmp_path, **overrides)
-    check_parity(hf, ours_torch, ours_flax, batch_for(family, task, length, **overrides))
-
-
-@pytest.mark.parametrize("task", ["base", "masked_lm", "question_answering"])
-def test_albert_matches_hf_flax(task: str, tmp_path: Path) -> None:
-    """HF Flax ALBERT agrees with HF PyTorch in eval mode: tandem flax and torch match it too."""
-    _, ours_torch, ours_flax = load("albert", task, tmp_path)
-    cls = getattr(transformers, "Flax" + FAMILIES["albert"].classes[task])
-    with harness.quiet():
-        hf_flax = cls.from_pretrained(tmp_path, from_pt=True)
-    batch = batch_for("albert", task, 9)
-    flags = {"output_hidden_states": True, "output_attentions": True}
-    reference = harness.run_hf_flax(hf_flax, batch, **flags)
-    harness.compare("family torch vs HF flax", harness.run_torch(ours_torch, batch, **flags), reference)
-    harness.compare("family flax vs HF flax", harness.run_flax(ours_flax, batch, **flags), reference)
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.family}-{c.task}-{i}" for i, c in enumerate(CASES)])
+def test_family_parity(case: Case, checkpoints: harness.CheckpointCache) -> None:
+    harness.run_case(case, checkpoints.load(case.family, case.task, case.config))
 
 
 @pytest.mark.parametrize(
-    ("family", "task", "overrides", "length"),
+    ("family", "task", "length"),
     [
-        ("albert", "pretraining", {}, 9),  # shared groups: gradients accumulate over every use
-        ("squeezebert", "sequence_classification", {}, 9),
-        ("big_bird", "masked_lm", {}, 30),  # block-sparse
-        ("big_bird", "question_answering", {}, 30),
+        ("albert", "pretraining", 9),  # shared groups: gradients accumulate over every use
+        ("squeezebert", "sequence_classification", 9),
+        ("big_bird", "masked_lm", SPARSE),  # block-sparse
+        ("big_bird", "question_answering", SPARSE),
     ],
 )
-def test_family_gradients(family: str, task: str, overrides: dict[str, Any], length: int, tmp_path: Path) -> None:
+def test_family_gradients(family: str, task: str, length: int, checkpoints: harness.CheckpointCache) -> None:
     """Loss and the gradient of every parameter agree between backends and with HF PyTorch."""
-    hf, ours_torch, ours_flax = load(family, task, tmp_path, **overrides)
-    batch = batch_for(family, task, length, **overrides)
-    loss_t, grads_t = harness.torch_grads(ours_torch, batch)
-    loss_f, grads_f = harness.flax_grads(ours_flax, batch)
-    loss_hf, grads_hf = harness.hf_torch_grads(hf, batch, list(grads_t))
+    loaded = checkpoints.load(family, task)
+    batch = harness.case_batch(loaded, length)
+    loss_t, grads_t = harness.torch_grads(loaded.torch, batch)
+    loss_f, grads_f = harness.flax_grads(loaded.flax, batch)
+    loss_hf, grads_hf = harness.hf_torch_grads(loaded.hf, batch, list(grads_t))
     assert abs(loss_t - loss_f) <= 1e-5 * max(1.0, abs(loss_t))
     assert abs(loss_t - loss_hf) <= 1e-5 * max(1.0, abs(loss_hf))
-    harness.compare_grads("family grads flax vs torch", grads_f, grads_t)
-    harness.compare_grads("family grads torch vs HF torch", grads_t, grads_hf)
+    harness.compare_grads(f"{family} grads flax vs torch", grads_f, grads_t)
+    harness.compare_grads(f"{family} grads torch vs HF torch", grads_t, grads_hf)
 
 
 def test_albert_shares_parameters_by_identity() -> None:
-    config = tandem.AlbertConfig(**FAMILIES["albert"].tiny)
+    config = tandem.AlbertConfig(**REFERENCES["albert"].tiny)
     model = tandem.build(config, task="base", backend="torch")
     flax_model = tandem.build(config, task="base", backend="flax")
     groups = config.num_hidden_groups * config.inner_group_num
@@ -277,8 +127,8 @@ def test_albert_structures(
         "inner_group_num": inner,
         "embedding_size": embedding,
     }
-    hf, ours_torch, ours_flax = load("albert", "masked_lm", tmp_path_factory.mktemp("albert"), **overrides)
-    check_parity(hf, ours_torch, ours_flax, batch_for("albert", "masked_lm", length, **overrides))
+    loaded = harness.load(tmp_path_factory.mktemp("albert"), "albert", "masked_lm", overrides)
+    harness.check_parity(loaded, harness.case_batch(loaded, length), hf_flax=False)
 
 
 @settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -301,8 +151,8 @@ def test_squeezebert_groups(
         "output_groups": out,
         "num_attention_heads": heads,
     }
-    hf, ours_torch, ours_flax = load("squeezebert", "base", tmp_path_factory.mktemp("sq"), **overrides)
-    check_parity(hf, ours_torch, ours_flax, batch_for("squeezebert", "base", 7, **overrides))
+    loaded = harness.load(tmp_path_factory.mktemp("sq"), "squeezebert", "base", overrides)
+    harness.check_parity(loaded, harness.case_batch(loaded, 7))
 
 
 @settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -314,22 +164,25 @@ def test_big_bird_block_sizes(
     block size and not) match HF PyTorch."""
     length = max(2, (5 + 2 * random_blocks) * block + extra)
     overrides = {"block_size": block, "num_random_blocks": random_blocks}
-    hf, ours_torch, ours_flax = load("big_bird", "base", tmp_path_factory.mktemp("bb"), **overrides)
-    check_parity(hf, ours_torch, ours_flax, batch_for("big_bird", "base", length, **overrides))
+    loaded = harness.load(tmp_path_factory.mktemp("bb"), "big_bird", "base", overrides)
+    harness.check_parity(loaded, harness.case_batch(loaded, length), hf_flax=False)
 
 
 def test_big_bird_train_mode_same_seed_same_blocks(tmp_path: Path) -> None:
     """In training, random blocks come from ``block_sparse_seed``: the same seed gives the same blocks (hence
     the same outputs, with dropout off) in both backends; another seed gives other blocks."""
     overrides = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "num_random_blocks": 2}
-    _, ours_torch, ours_flax = load("big_bird", "base", tmp_path, **overrides)
-    batch = batch_for("big_bird", "base", 44, **overrides)
+    loaded = harness.load(tmp_path, "big_bird", "base", overrides)
+    ours_torch, ours_flax = loaded.torch, loaded.flax
+    batch = harness.case_batch(loaded, 44)
     ours_torch.train()
     key = jax.random.key(0)
     outputs = {}
     for seed in (3, 4):
         got_torch = harness.run_torch(ours_torch, batch, block_sparse_seed=seed)
-        got_flax = harness.flat_outputs(ours_flax(**batch.numpy(), train=True, dropout_rng=key, block_sparse_seed=seed))
+        got_flax = harness.flatten_outputs(
+            ours_flax(**batch.numpy(), train=True, dropout_rng=key, block_sparse_seed=seed)
+        )
         harness.compare("big_bird train torch vs flax", got_torch, got_flax)
         outputs[seed] = got_torch["last_hidden_state"]
     eval_out = harness.run_flax(ours_flax, batch)["last_hidden_state"]
@@ -338,19 +191,19 @@ def test_big_bird_train_mode_same_seed_same_blocks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("task", ["base", "question_answering"])
-def test_big_bird_inputs_embeds_and_positions_are_padded_as_hf(task: str, tmp_path: Path) -> None:
+def test_big_bird_inputs_embeds_and_positions_are_padded_as_hf(task: str, checkpoints: harness.CheckpointCache) -> None:
     """Length 30 pads to 32: given ``inputs_embeds`` are padded with the embedding-module output of pad ids
     (embedded twice, HF PyTorch's quirk) and given ``position_ids`` with ``pad_token_id``; question
     lengths given explicitly (there are no ids to find the separator in)."""
-    hf, ours_torch, ours_flax = load("big_bird", task, tmp_path)
-    batch = batch_for("big_bird", task, 30)
+    loaded = checkpoints.load("big_bird", task)
+    batch = harness.case_batch(loaded, SPARSE)
     ids = batch.inputs.pop("input_ids")
     with torch.no_grad():
-        batch.inputs["inputs_embeds"] = hf.get_input_embeddings()(torch.from_numpy(ids)).numpy()
-    batch.inputs["position_ids"] = np.broadcast_to(np.arange(1, 31), ids.shape).copy()
+        batch.inputs["inputs_embeds"] = loaded.hf.get_input_embeddings()(torch.from_numpy(ids)).numpy()
+    batch.inputs["position_ids"] = np.broadcast_to(np.arange(1, SPARSE + 1), ids.shape).copy()
     if task == "question_answering":
         batch.inputs["question_lengths"] = np.array([[4], [7], [4], [4]])
-    check_parity(hf, ours_torch, ours_flax, batch)
+    harness.check_parity(loaded, batch, hf_flax=False)
 
 
 @pytest.mark.parametrize(("task", "length"), [("masked_lm", 12), ("question_answering", 30)])
@@ -359,23 +212,24 @@ def test_flax_feed_forward_in_row_chunks(
 ) -> None:
     """Long inputs run the flax feed-forward in row chunks (the last one padded): the outputs still match
     HF PyTorch. Tiny chunks make these small batches take that path (e.g. 4 x 32 rows of 37 features: 19
-    chunks of 7 rows, the last one padded)."""
+    chunks of 7 rows, the last one padded). A fresh load: the cached flax models were traced unchunked."""
     monkeypatch.setattr(flax_nodes, "ROW_CHUNK_BYTES", 1024)
-    hf, ours_torch, ours_flax = load("big_bird", task, tmp_path)
-    batch = batch_for("big_bird", task, length)
+    loaded = harness.load(tmp_path, "big_bird", task)
+    batch = harness.case_batch(loaded, length)
     if length < 20:  # dense attention: the only loop in the program is the chunked feed-forward's
         ids = jax.numpy.asarray(batch.inputs["input_ids"])
-        assert "scan" in str(jax.make_jaxpr(lambda p: ours_flax.apply(p, input_ids=ids).logits)(ours_flax.params))
-    check_parity(hf, ours_torch, ours_flax, batch)
+        flax_model = loaded.flax
+        assert "scan" in str(jax.make_jaxpr(lambda p: flax_model.apply(p, input_ids=ids).logits)(flax_model.params))
+    harness.check_parity(loaded, batch, hf_flax=False)
 
 
-def test_squeezebert_rejects_head_mask(tmp_path: Path) -> None:
-    _, ours_torch, ours_flax = load("squeezebert", "base", tmp_path)
-    batch = batch_for("squeezebert", "base", 7)
+def test_squeezebert_rejects_head_mask(checkpoints: harness.CheckpointCache) -> None:
+    loaded = checkpoints.load("squeezebert", "base")
+    batch = harness.case_batch(loaded, 7)
     with pytest.raises(ValueError, match="head_mask is not supported"):
-        ours_torch(**batch.torch(), head_mask=torch.ones(4))
+        loaded.torch(**batch.torch(), head_mask=torch.ones(4))
     with pytest.raises(ValueError, match="head_mask is not supported"):
-        ours_flax(**batch.numpy(), head_mask=np.ones(4, np.float32))
+        loaded.flax(**batch.numpy(), head_mask=np.ones(4, np.float32))
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
 def test_random_configs_match_hf(case: dict[str, Any]) -> None:
     task, config, seed = case["task"], case["config"], case["seed"]
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = harness.load_case(Path(tmp), task, seed=seed, **config)
+        loaded = harness.load(Path(tmp), "bert", task, config, seed=seed)
     batch = harness.make_batch(
         task,
         loaded.config,
@@ -118,16 +118,4 @@ def test_random_configs_match_hf(case: dict[str, Any]) -> None:
     event(f"head_mask={None if case['head_mask'] is None else case['head_mask'].shape}")
     event(f"fully masked row={3 in case['patterns']}, left padding={2 in case['patterns']}")
 
-    flags = {"output_hidden_states": True, "output_attentions": True}
-    reference = harness.run_torch(loaded.hf, batch, **flags)
-    ours_torch = harness.run_torch(loaded.torch, batch, **flags)
-    ours_flax = harness.run_flax(loaded.flax, batch, **flags)
-    harness.same_fields("torch vs HF torch", ours_torch, reference)
-    harness.same_fields("flax vs HF torch", ours_flax, reference)
-    harness.compare("hypothesis torch vs HF torch", ours_torch, reference)
-    harness.compare("hypothesis flax vs HF torch", ours_flax, reference)
-    harness.compare("hypothesis torch vs flax", ours_torch, ours_flax)
-    # Without recorded attentions (and without a head mask) tandem torch takes its fused-attention path.
-    harness.compare(
-        "hypothesis torch vs HF torch", harness.run_torch(loaded.torch, batch), harness.run_torch(loaded.hf, batch)
-    )
+    harness.check_parity(loaded, batch, hf_flax=False)

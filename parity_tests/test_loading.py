@@ -43,7 +43,7 @@ def test_base_checkpoint_into_head_warns_with_initialised_weights(
         model = tandem.from_pretrained(base.directory, backend=backend, task=task)
     message = " ".join(str(w.message) for w in record)
     head_only = sorted(
-        set(harness.make_hf_model(task, perturb=0.0).state_dict())
+        set(harness.make_hf_model("bert", task, perturb=0.0).state_dict())
         - {"bert." + k for k in base.hf.state_dict()}
         - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}  # tied aliases of other params
     )

@@ -21,7 +21,8 @@ CASES = {
     "head": ("bert", "pretraining", "seq_relationship_logits", "cls.seq_relationship"),
     "split head": ("bert", "question_answering", "end_logits", "qa_outputs"),
     "embedding projection": ("albert", "base", "hidden_states.0", "encoder.embedding_hidden_mapping_in"),
-    "shared layer": ("albert", "base", "hidden_states.2", "encoder.albert_layer_groups.0.albert_layers.0 (run 2 of 2)"),
+    # 4 layers in 2 groups of 2 inner layers: hidden_states.2 is the output of group 0's second run
+    "shared layer": ("albert", "base", "hidden_states.2", "encoder.albert_layer_groups.0.albert_layers.1 (run 2 of 2)"),
     "conv layer": ("squeezebert", "masked_lm", "attentions.0", "transformer.encoder.layers.0 attention"),
 }
 

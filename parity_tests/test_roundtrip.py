@@ -57,10 +57,11 @@ def test_hf_loads_what_we_save(task: str, backend: str, checkpoints: harness.Che
     loaded = checkpoints.get(task)
     model = loaded.torch if backend == "torch" else loaded.flax
     tandem.save_pretrained(model, tmp_path)
-    cls = getattr(transformers, harness.HF_CLASSES[task])
+    hf_class = harness.REFERENCES["bert"].torch_class(task)
+    cls = getattr(transformers, hf_class)
     hf, info = cls.from_pretrained(tmp_path, output_loading_info=True, attn_implementation="eager")
     assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}, info
-    assert hf.config.architectures == [harness.HF_CLASSES[task]]
+    assert hf.config.architectures == [hf_class]
     hf.eval()
     batch = harness.make_batch(task, loaded.config, seed=11)
     flags = {"output_hidden_states": True, "output_attentions": True}
@@ -74,7 +75,7 @@ def test_hf_flax_loads_what_we_save(checkpoints: harness.CheckpointCache, tmp_pa
     """HF Flax reads our safetensors checkpoint too (from_pt), giving the same logits."""
     loaded = checkpoints.get("pretraining")
     tandem.save_pretrained(loaded.flax, tmp_path)
-    hf_flax = harness.hf_flax_model("pretraining", tmp_path)
+    hf_flax = harness.hf_flax_model(tmp_path, "bert", "pretraining")
     batch = harness.make_batch("pretraining", loaded.config, seed=12)
     reference = harness.run_hf_flax(hf_flax, batch)
     harness.compare("flax vs HF flax", harness.run_flax(loaded.flax, batch, with_labels=False), reference)

@@ -33,35 +33,11 @@ from ..core import Family, FamilyConfig, family_of
 from ..core.checkpoint import read_weights, task_for_checkpoint
 from ..core.nodes import ModelGraph, join
 from ..core.params import walk
+from .harness import flatten_outputs
+from .references import REFERENCES, hf_torch_model
 
 TOLERANCE = 1e-5
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-
-# The small size every family is checked at (HF defaults for the other fields), plus family-specific fields.
-# head_dim 8 is not a square of a power of two, so scaling Q before or after the Q.K product (HF Flax vs
-# HF PyTorch) would show; initializer_range 0.2 (HF: 0.02) keeps attention far from uniform.
-SMALL = {
-    "vocab_size": 99,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-    "initializer_range": 0.2,
-}
-SMALL_EXTRA: dict[str, dict[str, Any]] = {
-    "albert": {"embedding_size": 16},  # not hidden_size, so the embedding projection is a real one
-    "big_bird": {"block_size": 2, "num_random_blocks": 1},  # length 16 > (5 + 2r) blocks: block-sparse runs
-    "squeezebert": {"embedding_size": 32},  # SqueezeBERT requires embedding_size == hidden_size
-}
-# A causal LM is a decoder (HF warns otherwise): check the left-to-right model users build.
-SMALL_TASK_EXTRA: dict[str, dict[str, Any]] = {"causal_lm": {"is_decoder": True}}
-# Configurations where tandem departs from HF PyTorch on purpose are checked in the nearest one where both
-# agree: tandem runs a BigBird decoder with full causal attention, while HF PyTorch runs block-sparse
-# attention without a causal mask (docs/families/big_bird.md).
-SMALL_MODEL_EXTRA: dict[tuple[str, str], dict[str, Any]] = {
-    ("big_bird", "causal_lm"): {"attention_type": "original_full"}
-}
 NUM_CHOICES = 2
 
 
@@ -95,15 +71,9 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 def small_config(family: Family, task: str = "base") -> FamilyConfig:
-    """``family``'s config for ``task`` at the parity-check size (HF defaults for everything else)."""
-    return family.config_class(
-        **{
-            **SMALL,
-            **SMALL_EXTRA.get(family.name, {}),
-            **SMALL_TASK_EXTRA.get(task, {}),
-            **SMALL_MODEL_EXTRA.get((family.name, task), {}),
-        }
-    )
+    """``family``'s config for ``task`` at the parity-check size: the tiny config the parity suite checks it at
+    (:data:`tandem.tools.references.REFERENCES`) with what the task needs, HF defaults for everything else."""
+    return family.config_class(**REFERENCES[family.name].config(task))
 
 
 def make_batch(
@@ -144,34 +114,6 @@ def load_batch(path: str | Path) -> dict[str, np.ndarray]:
         if unknown or "input_ids" not in data.files:
             raise ValueError(f"{path} must hold input_ids and optionally {INPUT_NAMES[1:]}; it has {data.files}")
         return {name: np.asarray(data[name], dtype=np.int64) for name in data.files}
-
-
-# A decoder's KV cache is state for the next call, laid out differently by each implementation; what it
-# holds shows in the outputs of that next call.
-NOT_COMPARED = ("past_key_values",)
-
-
-def flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``{field: array}`` with tuple fields spread out as ``hidden_states.0``, ``hidden_states.1``...
-
-    The KV cache (``past_key_values``) is left out.
-    """
-    flat = {}
-    for name, value in outputs.items():
-        if value is None or name in NOT_COMPARED:
-            continue
-        if isinstance(value, tuple | list):
-            for i, item in enumerate(value):
-                flat[f"{name}.{i}"] = _numpy(item)
-        else:
-            flat[name] = _numpy(value)
-    return flat
-
-
-def _numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().float().cpu().numpy()
-    return np.asarray(value, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -252,19 +194,6 @@ def reference_version() -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return None
     return version if int(version.split(".")[0]) < 5 else None
-
-
-def reference_model(directory: str | Path, family: Family, task: str) -> torch.nn.Module:
-    """HF PyTorch's class for ``task`` loaded from an HF checkpoint directory, eager attention, eval mode."""
-    import transformers  # the optional reference: imported only when asked for
-
-    cls = getattr(transformers, family.architectures[task])
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # HF's notices about its own classes are not ours to show
-    try:
-        return cls.from_pretrained(str(directory), attn_implementation="eager").eval()
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 @dataclass
@@ -405,7 +334,7 @@ def small_parity(
     if with_reference and reference_version() is not None:
         with tempfile.TemporaryDirectory(prefix="tandem-parity-") as tmp:
             save_pretrained(torch_model, tmp)
-            reference = reference_model(tmp, family, task)
+            reference = hf_torch_model(tmp, family.name, task)
     batch = make_batch(config, task, batch_size, length, seed)
     return compare(torch_model, flax_model, batch, reference, tolerance)
 
@@ -436,11 +365,11 @@ def checkpoint_parity(
     if with_reference and reference_version() is not None:
         family = family_of(config)
         if task == (task_for_checkpoint(config) or "base") and read_weights(path).layout == "torch":
-            reference = reference_model(path, family, task)
+            reference = hf_torch_model(path, family.name, task)
         else:
             with tempfile.TemporaryDirectory(prefix="tandem-parity-") as tmp:
                 save_pretrained(torch_model, tmp)
-                reference = reference_model(tmp, family, task)
+                reference = hf_torch_model(tmp, family.name, task)
     return compare(torch_model, flax_model, batch, reference, tolerance)
 
 
