@@ -76,7 +76,7 @@ def test_files_stay_readable(folder: str) -> None:
     assert not long, f"files over {MAX_LINES} lines: {long}"
 
 
-@pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.parametrize("backend", ["torch", "flax", "nnx"])
 def test_model_wrappers_are_thin(backend: str) -> None:
     lines = len((ROOT / "backends" / backend / "model.py").read_text().splitlines())
     assert lines < 200, f"backends/{backend}/model.py has {lines} lines: orchestration belongs in core/call.py"
