@@ -73,7 +73,7 @@ def check_shapes(
 
 def _check_encoder(graph: ModelGraph, inputs: Mapping[str, Any], rows: tuple[int, ...]) -> None:
     states, mask = inputs.get("encoder_hidden_states"), inputs.get("encoder_attention_mask")
-    if states is not None:
+    if states is not None and graph.has_cross_attention:  # without it, the call plan refuses the states
         width = next(layer.crossattention for layer in graph.backbone.encoder.layers if layer.crossattention)
         features = width.attention.key.in_features
         if len(states.shape) != 3 or states.shape[0] != rows[0] or states.shape[-1] != features:
@@ -119,12 +119,17 @@ def _need(labels: Mapping[str, Any], name: str, shape: tuple[int, ...], int_only
         raise ValueError(f"{name} must have shape {shape} (or as many elements), got {spec.shape}")
 
 
-def value_ranges(arrays: Mapping[str, Any], concrete: Callable[[Any], bool]) -> dict[str, IntRange]:
-    """(min, max) of every non-empty integer array that has values on the host side (``concrete``)."""
+def value_ranges(
+    arrays: Mapping[str, Any], range_of: Callable[[Any], IntRange | None]
+) -> dict[str, IntRange]:
+    """(min, max) of every non-empty integer array, as the backend's ``range_of`` reads it on the host
+    (None: no values to read, e.g. a tracer)."""
     out = {}
     for name, x in arrays.items():
-        if x is not None and concrete(x) and math.prod(x.shape) and "int" in str(x.dtype):
-            out[name] = (int(x.min()), int(x.max()))
+        if x is not None and math.prod(x.shape) and "int" in str(x.dtype):
+            found = range_of(x)
+            if found is not None:
+                out[name] = found
     return out
 
 

@@ -74,9 +74,12 @@ def as_array(value: Any) -> Any:
     return value if value is None or isinstance(value, jax.Array) else np.asarray(value)
 
 
-def concrete(value: Any) -> bool:
-    """Whether ``value`` has values to check on the host (not a tracer inside a user's ``jax.jit``)."""
-    return not isinstance(value, jax.core.Tracer)
+def host_range(value: Any) -> tuple[int, int] | None:
+    """(min, max) of an integer array, computed on the host; None for a tracer (no values to read)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    array = np.asarray(value)
+    return int(array.min()), int(array.max())
 
 
 def ints(value: Any) -> Array | None:

@@ -19,7 +19,7 @@ from ...core.call import (
 from ...core.config import FamilyConfig
 from ...core.outputs import ModelOutput
 from ...core.validation import check_values, value_ranges
-from .arrays import INT_INPUTS, as_array, concrete, ints, spec
+from .arrays import INT_INPUTS, as_array, host_range, ints, spec
 from .cache import FlaxCache, cache_window, check_cache, updated_cache
 from .module import GraphModule
 
@@ -129,7 +129,7 @@ class FlaxModel:
         )
         past = None if cache is None else int(cache.length)
         plan = self._plan(raw, labels, cache, use_cache, train, output_attentions, output_hidden_states, past)
-        check_values(graph, value_ranges({**raw, **labels}, concrete), plan.num_choices)
+        check_values(graph, value_ranges({**raw, **labels}, host_range), plan.num_choices)
         arrays = {k: ints(v) if k in INT_INPUTS else None if v is None else jnp.asarray(v) for k, v in raw.items()}
         fn = self._jitted if _jit else self._apply_arrays
         labels = {k: jnp.asarray(v) for k, v in labels.items()}

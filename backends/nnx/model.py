@@ -13,7 +13,7 @@ from ...core.call import check_input_names, input_rows, resolve_use_cache
 from ...core.config import FamilyConfig
 from ...core.outputs import ModelOutput
 from ...core.validation import check_values, value_ranges
-from ..flax.arrays import INT_INPUTS, as_array, concrete, ints
+from ..flax.arrays import INT_INPUTS, as_array, host_range, ints
 from ..flax.cache import FlaxCache, cache_window, check_cache
 from .program import ModelSpec, forward, plan
 
@@ -147,7 +147,7 @@ class NnxModel(nnx.Module):
         training = not self.deterministic
         past = None if cache is None else int(cache.length)
         call = plan(graph, raw, labels, cache, use_cache, training, output_attentions, output_hidden_states, past)
-        check_values(graph, value_ranges({**raw, **labels}, concrete), call.num_choices)
+        check_values(graph, value_ranges({**raw, **labels}, host_range), call.num_choices)
         arrays = {k: ints(v) if k in INT_INPUTS else None if v is None else jnp.asarray(v) for k, v in raw.items()}
         labels = {k: jnp.asarray(v) for k, v in labels.items()}
         dropout_rng = self.rngs.dropout() if training else None

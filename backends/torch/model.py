@@ -123,7 +123,7 @@ class TorchModel(nn.Module):
             output_hidden_states=output_hidden_states,
             training=self.training,
         )
-        check_values(graph, value_ranges({**arrays, **labels}, _concrete), plan.num_choices)
+        check_values(graph, value_ranges({**arrays, **labels}, _host_range), plan.num_choices)
         params = dict(self.named_parameters(remove_duplicate=False))
         ctx = ops.Context(
             params=params,
@@ -152,8 +152,9 @@ class TorchModel(nn.Module):
         return ModelOutput(out)
 
 
-def _concrete(x: Any) -> bool:
-    return isinstance(x, Tensor) and not x.is_meta
+def _host_range(x: Tensor) -> tuple[int, int] | None:
+    """(min, max) of an integer tensor (one device sync); None for a meta tensor (no values)."""
+    return None if x.is_meta else (int(x.min()), int(x.max()))
 
 
 def _check_past(encoder: n.Encoder, past: Any) -> tuple[ops.CacheEntry, ...] | None:
