@@ -131,7 +131,7 @@ def test_shared_groups_are_counted_once(checkpoints: harness.CheckpointCache) ->
 
 def test_transforms_split_merge_and_optimizer(checkpoints: harness.CheckpointCache) -> None:
     """``nnx.jit`` equals the eager call; ``nnx.split``/``nnx.merge`` round-trips; ``nnx.Optimizer`` steps
-    change only Params, lower the loss, and the trained model saves as an HF checkpoint HF PyTorch reads."""
+    update every Param and lower the loss, and the trained model saves as an HF checkpoint HF PyTorch reads."""
     loaded = checkpoints.load("bert", "sequence_classification")
     model = tandem.from_pretrained(loaded.directory, backend="nnx")  # trained below: not the shared one
     batch = harness.case_batch(loaded, 9, BATCH)
