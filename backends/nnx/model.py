@@ -19,12 +19,12 @@ from .program import ModelSpec, forward, plan
 
 
 class Scope(nnx.Module):
-    """A plain container: one segment of an HF module path (``bert``, ``encoder``, ``layer``, ``0``...)."""
+    """A plain container: one segment of an HF module path (``encoder``, ``layer``, ``0``...)."""
 
 
 def _gather(scope: nnx.Module) -> dict[str, Any]:
     """The values of the Params under ``scope`` as a nested dict (walking attributes directly: ``nnx.state``
-    would take ~30 ms per bert-base call)."""
+    would take ~30 ms per call of a 110M-parameter model)."""
     tree: dict[str, Any] = {}
     for name, value in vars(scope).items():
         if isinstance(value, Scope):
@@ -49,7 +49,7 @@ class NnxModel(nnx.Module):
 
     Its submodules follow the graph's HF paths and hold float32 ``nnx.Param``s with HF Flax's names and
     layouts, so ``nnx.state(model, nnx.Param)`` is an HF Flax params tree (the linen backend's
-    ``params``). A parameter the graph shares (an ALBERT layer group, run by several steps of the encoder
+    ``params``). A parameter the graph shares (a layer group run by several steps of the encoder
     schedule) is declared once, so it is one ``Param`` and is counted once. The call runs the graph's call
     plan through the linen backend's node kernels on those parameters, compiled once per plan (see
     :func:`~tandem.backends.nnx.program.forward`); inside ``nnx.jit``/``nnx.grad`` it is traced into the
