@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import numbers
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from ..core.checkpoint import match_weights, read_weights, save_checkpoint, task_for_checkpoint
 from ..core.config import FamilyConfig
 from ..core.families import build_graph, config_from_hf
-from ..core.io import Format
+from ..core.io import FORMATS, Format, checkpoint_directory, parse_size
 from ..core.params import init_params
 from . import load_backend
 
-Backend = Literal["torch", "flax"]
+Backend = Literal["torch", "flax", "nnx"]
 DType = Literal["float32", "bfloat16"]
 _DTYPES = ("float32", "bfloat16")
 
@@ -22,20 +24,40 @@ def _check_dtype(dtype: str) -> None:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
 
 
+def _check_names(task: str | None, backend: str) -> None:
+    """``task`` and ``backend`` are names (their values are checked where they are looked up)."""
+    if task is not None and not isinstance(task, str):
+        raise TypeError(f"task must be a str such as 'masked_lm', got {type(task).__name__}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str such as 'torch', got {type(backend).__name__}")
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed}")
+
+
 def build(
     config: FamilyConfig, task: str = "base", backend: Backend = "torch", seed: int = 0, dtype: DType = "float32"
 ) -> Any:
     """A fresh model of ``config`` for ``task`` with HF's initialisation, drawn from ``seed``.
 
-    The weights depend only on ``seed``, not on the backend: the same seed gives the same weights in torch
-    and flax. The model is in eval mode (torch) / called with ``train=False`` by default (flax).
+    The weights depend only on ``seed``, not on the backend: the same seed gives the same weights in torch,
+    flax and nnx. The model is in eval mode (torch, nnx) / called with ``train=False`` by default (flax);
+    an nnx model's dropout stream (``nnx.Rngs``) is seeded by ``seed`` too.
 
     Example:
         >>> model = tandem.build(config, task="masked_lm", backend="flax")
     """
     _check_dtype(dtype)
+    _check_names(task, backend)
+    _check_seed(seed)
     graph = build_graph(config, task)
     adapter = load_backend(backend)
+    if backend == "nnx":  # the module owns its dropout randomness
+        return adapter.create(graph, config, init_params(graph, seed), dtype, seed=seed)
     return adapter.create(graph, config, init_params(graph, seed), dtype)
 
 
@@ -57,7 +79,10 @@ def from_pretrained(
     the warning instead).
     """
     _check_dtype(dtype)
-    directory = Path(path)
+    _check_names(task, backend)
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    directory = checkpoint_directory(path, "path")
     config = config_from_hf(directory)
     checkpoint_task = task_for_checkpoint(config)
     graph = build_graph(config, task or checkpoint_task or "base")
@@ -73,11 +98,18 @@ def save_pretrained(
 
     ``format``: ``"safetensors"`` (``model.safetensors``, HF PyTorch), ``"bin"`` (``pytorch_model.bin``) or
     ``"msgpack"`` (``flax_model.msgpack``, HF Flax); ``max_shard_size`` (e.g. ``"200MB"``) shards with an
-    index as HF does. The checkpoint is written into a temporary folder and moved into place when complete,
-    so a failure never leaves a half-written checkpoint.
+    index as HF does. The checkpoint is written into a staging folder and moved into place when complete,
+    so a failure never leaves a half-written checkpoint; the move removes weights of any other format in
+    ``path``, which then holds exactly this checkpoint (``docs/reliability.md``).
     """
     graph = getattr(model, "graph", None)
     if graph is None:
         raise TypeError(f"save_pretrained expects a tandem model, got {type(model).__name__}")
+    if not isinstance(format, str) or format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
+    if max_shard_size is not None:
+        parse_size(max_shard_size)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike naming a directory, got {type(path).__name__}")
     weights = load_backend(model.backend).export(model)
     save_checkpoint(path, model.config, graph.task, weights, format=format, max_shard_size=max_shard_size)
