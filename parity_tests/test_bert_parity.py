@@ -46,6 +46,11 @@ def test_bert_parity(case: Case, checkpoints: harness.CheckpointCache) -> None:
     harness.run_case(case, checkpoints.load(case.family, case.task, case.config))
 
 
+def test_every_registered_task_has_a_case() -> None:
+    """A task added to BERT fails here until the table above checks it."""
+    assert set(harness.REFERENCES["bert"].tasks) <= {case.task for case in CASES.values()}
+
+
 @pytest.mark.parametrize("task", ["pretraining", "multiple_choice"])
 def test_flax_plain_call_matches_hf(task: str, checkpoints: harness.CheckpointCache) -> None:
     """The flax call without hidden states/attentions (its own jitted program) gives HF's outputs too."""

@@ -72,6 +72,13 @@ def test_family_parity(case: Case, checkpoints: harness.CheckpointCache) -> None
     harness.run_case(case, checkpoints.load(case.family, case.task, case.config))
 
 
+def test_every_registered_task_has_a_case() -> None:
+    """A task added to one of these families fails here until the table above checks it."""
+    families = ("albert", "squeezebert", "big_bird")
+    registered = {(family, task) for family in families for task in REFERENCES[family].tasks}
+    assert registered <= {(case.family, case.task) for case in CASES}
+
+
 @pytest.mark.parametrize(
     ("family", "task", "length"),
     [
