@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
-from .nodes import ClassificationLoss, Loss, ModelGraph, join
+from .nodes import ClassificationLoss, Loss, ModelGraph, SentencePooling, join
 from .validation import check_positions, check_shapes
 
 Array = Any  # a torch.Tensor or a jax.Array: core never looks inside
@@ -162,6 +162,10 @@ def plan_call(
     if encoder_mask is not None and not (encoder_states is not None or cached_cross):
         raise ValueError("encoder_attention_mask was given without encoder_hidden_states")
     cross = "cached" if cached_cross else ("states" if encoder_states is not None else None)
+    if key_length != length and any(isinstance(head, SentencePooling) for head in graph.heads):
+        raise ValueError(
+            f"{graph.family} {graph.task} pools the whole sequence: it cannot continue a KV cache (past_key_values)"
+        )
 
     return CallPlan(
         batch=batch,
@@ -291,11 +295,13 @@ class EncoderOutput:
 @dataclass
 class HeadInputs:
     """What a head reads: the sequence output (B, S, H), the pooled output (B, H) when the backbone has a
-    pooler, and the question mask (B, S) of a masked span head (1 on positions that cannot be answers)."""
+    pooler, the question mask (B, S) of a masked span head (1 on positions that cannot be answers) and the
+    attention mask (B, S) over this call's positions (None for a call that continues a KV cache)."""
 
     sequence: Array
     pooled: Array | None
     question_mask: Array | None
+    mask: Array | None = None
 
 
 @dataclass
@@ -360,13 +366,16 @@ def run_call(
     backbone = graph.backbone
     encoder = backbone.encoder
     encoded = rt(encoder, join(backbone.path, encoder.path), x, mask, head_mask, cross, past)
+    if backbone.final_norm is not None:  # pre-LN stacks; hidden_states keep the un-normalised outputs
+        encoded.hidden = rt(backbone.final_norm, join(backbone.path, backbone.final_norm.path), encoded.hidden)
     pooled = None
     if backbone.pooler is not None:
         pooled = rt(backbone.pooler, join(backbone.path, backbone.pooler.path), encoded.hidden)
     sequence = encoded.hidden[:, : plan.length]  # cut block-sparse padding; hidden states and attentions keep it
+    token_mask = mask[:, : plan.length] if plan.key_length == plan.length else None
     out: dict[str, Any] = {}
     for head in graph.heads:
-        logits = rt(head, head.path, HeadInputs(sequence, pooled, question))
+        logits = rt(head, head.path, HeadInputs(sequence, pooled, question, token_mask))
         split = getattr(head, "split", None)  # the last axis cut into named outputs (span logits)
         if split is None:
             out[head.output] = logits

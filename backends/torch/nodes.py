@@ -207,8 +207,13 @@ def attention(
 
 
 def add_norm(node: n.AddNorm, path: str, x: Tensor, residual: Tensor, ctx: Context) -> Tensor:
-    y = dropout(project(node.dense, n.join(path, node.dense.path), x, ctx), node.dropout, ctx)
-    return layer_norm(node.norm, n.join(path, node.norm.path), y + residual, ctx)
+    y = dropout(project(node.dense, n.join(path, node.dense.path), x, ctx), node.dropout, ctx) + residual
+    return y if node.norm is None else layer_norm(node.norm, n.join(path, node.norm.path), y, ctx)
+
+
+def pre_norm(node: n.LayerNorm | None, path: str, x: Tensor, ctx: Context) -> Tensor:
+    """A pre-LN sublayer's input: ``x`` normalised by the norm at ``path``'s child, or as is without one."""
+    return x if node is None else layer_norm(node, n.join(path, node.path), x, ctx)
 
 
 # One layer run's KV cache entry: its self-attention (key, value), then its cross-attention (key, value)
@@ -232,10 +237,11 @@ def transformer_layer(
     block = node.attention
     block_path = n.join(path, block.path)
     attn_path = n.join(block_path, block.attention.path)
-    k, v = keys_values(block.attention, attn_path, x, ctx)
+    normed = pre_norm(block.norm, block_path, x, ctx)
+    k, v = keys_values(block.attention, attn_path, normed, ctx)
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    context, probs = attention(block.attention, attn_path, x, mask, head_mask, ctx, kv=(k, v))
+    context, probs = attention(block.attention, attn_path, normed, mask, head_mask, ctx, kv=(k, v))
     x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
     cache: CacheEntry = (k, v)
     cross_probs = None
@@ -245,10 +251,12 @@ def transformer_layer(
         block_path = n.join(path, block.path)
         attn_path = n.join(block_path, block.attention.path)
         ck, cv = cached_cross or keys_values(block.attention, attn_path, cross.states, ctx)
-        context, cross_probs = attention(block.attention, attn_path, x, cross.mask, head_mask, ctx, kv=(ck, cv))
+        normed = pre_norm(block.norm, block_path, x, ctx)
+        context, cross_probs = attention(block.attention, attn_path, normed, cross.mask, head_mask, ctx, kv=(ck, cv))
         x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
         cache = (k, v, ck, cv)
-    inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), x, ctx))
+    normed = pre_norm(node.ffn_norm, path, x, ctx)
+    inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), normed, ctx))
     x = add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
     return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
 
@@ -334,6 +342,7 @@ IMPLS: dict[type, Callable[..., Any]] = {
     n.GroupedConv1x1: conv1x1,
     n.Embeddings: embeddings,
     n.Encoder: encoder,
+    n.LayerNorm: layer_norm,  # a backbone's final norm
     n.Pooler: pooler,
     n.LMHead: lm_head,
     n.DenseHead: dense_head,

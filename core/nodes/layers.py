@@ -108,12 +108,14 @@ class Embed(Node):
 
 
 class LayerNorm(Node):
-    """LayerNorm over the last axis with a two-pass variance (HF PyTorch's), eps explicit."""
+    """LayerNorm over the last axis with a two-pass variance (HF PyTorch's), eps explicit. ``bias=False``:
+    no additive bias (``nn.LayerNorm(bias=False)``)."""
 
     kind: Literal["layer_norm"] = "layer_norm"
     features: int
     eps: float
     axis: str = "embed"  # logical axis of the features
+    bias: bool = True
 
     flax_rules: ClassVar[dict[str, FlaxRule]] = {"weight": FlaxRule(name="scale")}
 
@@ -123,7 +125,7 @@ class LayerNorm(Node):
                 name="weight", shape=(self.features,), axes=(self.axis,), init=OnesInit(), legacy_names=("gamma",)
             ),
             ParamSpec(name="bias", shape=(self.features,), axes=(self.axis,), init=ZerosInit(), legacy_names=("beta",)),
-        ]
+        ][: 2 if self.bias else 1]
 
 
 # ------------------------------------------------------------------------------------- composites
@@ -132,14 +134,22 @@ class Embeddings(Node):
 
     kind: Literal["embeddings"] = "embeddings"
     word: Embed
-    position: Embed
-    token_type: Embed
+    position: Embed | None  # None: no absolute positions (relative attention only)
+    token_type: Embed | None  # None: token types are ignored (no table)
     norm: LayerNorm
     dropout: float
     # The order of the floating-point sum matters for bitwise parity within a backend.
     sum_order: tuple[Literal["word", "token_type", "position"], ...] = ("word", "token_type", "position")
+    projection: Linear | None = None  # maps the summed embeddings to the model width before the norm
     word_scale: float | None = None  # multiply word embeddings (BigBird's rescale_embeddings)
     dropout_before_norm: bool = False
+
+    @model_validator(mode="after")
+    def _terms_exist(self) -> Embeddings:
+        missing = [name for name in self.sum_order if name != "word" and getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"sum_order names {missing} but the embeddings have no such table")
+        return self
 
     def buffers(self) -> tuple[str, ...]:
         return ("position_ids", "token_type_ids")  # HF PyTorch's registered index buffers
@@ -170,7 +180,70 @@ class BlockSparseAttention(_Frozen):
     causal: Literal[False] = False
 
 
-AttentionVariant = Annotated[FullAttention | BlockSparseAttention, Field(discriminator="kind")]
+class DisentangledAttention(_Frozen):
+    """Disentangled relative attention: content-to-content scores plus content-to-position (``c2p``: queries
+    against projected relative-position embeddings) and position-to-content (``p2c``: keys against them).
+
+    Relative distances ``i - j`` are log-bucketed when ``buckets > 0`` (exact within ``buckets // 2``,
+    logarithmic up to ``max_distance``), then clamped to ``[-span, span)`` as rows of the encoder's shared
+    table of ``2 * span`` embeddings (see :class:`RelativeEncoder`). ``relative=False`` keeps only the
+    content scores (the scale still counts the position terms, as HF PyTorch does). The position queries and
+    keys are the attention's own ``query``/``key`` projections (``share_keys``) or its ``pos_query``/
+    ``pos_key``. Masked pairs (either position padding) get ``mask_fill`` in place of their score.
+    """
+
+    kind: Literal["disentangled"] = "disentangled"
+    relative: bool
+    c2p: bool
+    p2c: bool
+    span: int = Field(gt=0)
+    buckets: int  # <= 0: no bucketing
+    max_distance: int = Field(gt=0)
+    share_keys: bool
+    causal: Literal[False] = False
+
+    @model_validator(mode="after")
+    def _bucket_range(self) -> DisentangledAttention:
+        if self.buckets > 0 and (self.buckets < 2 or self.max_distance <= self.buckets // 2 + 1):
+            raise ValueError(
+                f"position_buckets={self.buckets} needs position_buckets >= 2 and max_relative_positions > "
+                f"position_buckets // 2 + 1 (got max_relative_positions={self.max_distance}); the log buckets are "
+                "undefined otherwise"
+            )
+        return self
+
+
+class SlidingWindowAttention(_Frozen):
+    """Local attention: query ``i`` sees the keys ``j`` with ``|i - j| <= half_width``. Keys outside the window
+    get exactly the fill value (HF PyTorch's ``masked_fill`` of its sliding-window mask), keys inside it the
+    usual ``(1 - m) * fill``.
+
+    From ``band_min_length`` positions on (and when no attention maps are asked for) only the band is
+    computed: the sequence is cut into blocks of ``half_width`` positions, each block's queries attend to
+    their block and its two neighbours, masked to the exact window, so time and memory grow linearly with
+    the length. A row whose window holds no unmasked key has every score at the fill value in the full
+    computation, i.e. uniform weights over all keys; the banded kernel gives it the mean of all values, the
+    same numbers.
+    """
+
+    kind: Literal["sliding_window"] = "sliding_window"
+    half_width: int = Field(gt=0)
+    band_min_length: int = Field(gt=0)
+    causal: Literal[False] = False
+
+
+class Rotary(_Frozen):
+    """Rotary position embeddings on queries and keys (HF's ``rotate_half`` form, non-interleaved): with
+    ``inv_freq[i] = 1 / theta ** (2i / head_dim)`` in float32, angles ``position * inv_freq`` repeated over
+    both halves of the head, ``x * cos + rotate_half(x) * sin``. Positions are the call's ``position_ids``."""
+
+    theta: float = Field(gt=0)
+
+
+AttentionVariant = Annotated[
+    FullAttention | BlockSparseAttention | DisentangledAttention | SlidingWindowAttention,
+    Field(discriminator="kind"),
+]
 
 
 class Attention(Node):
@@ -187,9 +260,11 @@ class Attention(Node):
     """
 
     kind: Literal["attention"] = "attention"
-    query: Projection
-    key: Projection
-    value: Projection
+    query: Projection | None = None  # None: the rows of the fused ``qkv`` projection
+    key: Projection | None = None
+    value: Projection | None = None
+    qkv: Linear | None = None  # fused: output features are (query, key, value) x heads x head_dim
+    rotary: Rotary | None = None
     num_heads: int
     head_dim: int
     score_divisor: float
@@ -199,11 +274,22 @@ class Attention(Node):
     returns: Literal["probs", "scores"] = "probs"  # what output_attentions reports: softmax or masked scores
     supports_head_mask: bool = True
     source: Literal["self", "encoder"] = "self"
+    pos_query: Projection | None = None  # disentangled attention: projects relative embeddings to queries
+    pos_key: Projection | None = None  # ... and to keys (when they are not shared with query/key)
 
     @model_validator(mode="after")
     def _cross_is_full(self) -> Attention:
+        if (self.qkv is None) != (self.query is not None and self.key is not None and self.value is not None):
+            raise ValueError("attention needs either query, key and value projections or one fused qkv, not both")
+        if self.rotary is not None and self.source != "self":
+            raise ValueError("rotary position embeddings apply to self-attention only")
         if self.source == "encoder" and (not isinstance(self.variant, FullAttention) or self.variant.causal):
             raise ValueError("cross-attention (source='encoder') must use non-causal full attention")
+        variant = self.variant
+        if isinstance(variant, DisentangledAttention) and variant.relative and not variant.share_keys:
+            for term, proj in (("c2p", "pos_key"), ("p2c", "pos_query")):
+                if getattr(variant, term) != (getattr(self, proj) is not None):
+                    raise ValueError(f"disentangled attention has {proj} exactly when it has {term} terms")
         return self
 
     @property
@@ -213,32 +299,50 @@ class Attention(Node):
 
 
 class AddNorm(Node):
-    """``norm(dropout(dense(x)) + residual)``: the post-LN residual block."""
+    """``norm(dropout(dense(x)) + residual)``: the post-LN residual block. Without ``norm`` (a pre-LN layer,
+    whose norms sit before its sublayers: :class:`TransformerLayer`) it is ``dropout(dense(x)) + residual``."""
 
     kind: Literal["add_norm"] = "add_norm"
     dense: Projection
     dropout: float
-    norm: LayerNorm
+    norm: LayerNorm | None
 
 
 class AttentionBlock(Node):
+    """Attention, then its residual ``output``. ``norm`` (pre-LN) normalises the block's input before the
+    attention reads it; the residual stays the un-normalised input. Cross-attention normalises its queries
+    only (encoder states are read as they are), as HF PyTorch's pre-LN attention modules do."""
+
     kind: Literal["attention_block"] = "attention_block"
     attention: Attention
     output: AddNorm
+    norm: LayerNorm | None = None
 
 
 class TransformerLayer(Node):
     """Self-attention block, an optional cross-attention block, then the feed-forward
-    ``output(act(intermediate(x)), residual=x)``.
+    ``output(act(intermediate(ffn_norm(x))), residual=x)``.
 
     ``crossattention`` (a decoder paired with an encoder) runs on the self-attention output with keys and
     values from the encoder states, and only in calls that give encoder states (or a cache holding their
     keys/values), as in HF PyTorch. It receives the same head-mask row as self-attention.
+
+    Post-LN (BERT) and pre-LN layers are the same node with their LayerNorms in other places. Post-LN: each
+    :class:`AddNorm` has a ``norm``, ``AttentionBlock.norm`` and ``ffn_norm`` are None. Pre-LN
+    (``x + f(norm(x))``): ``AttentionBlock.norm`` and ``ffn_norm`` are set, at whatever paths the family's
+    checkpoints use (``attention.LayerNorm`` and ``intermediate.LayerNorm``, or ``attn_norm`` and
+    ``mlp_norm``), and the ``AddNorm``s have ``norm=None``; a pre-LN stack usually ends in a final norm,
+    ``Backbone.final_norm``. Each norm is applied where it is present, so mixed layers (a first layer
+    without an attention norm) are expressed the same way.
     """
 
     kind: Literal["layer"] = "layer"
     attention: AttentionBlock
     crossattention: AttentionBlock | None = None
+    ffn_norm: LayerNorm | None = None
+    # Gated (GLU) feed-forward: ``intermediate`` gives (input, gate) halves and the inner state is
+    # ``act(input) * gate`` (HF's ``chunk(2)``), so ``output`` reads half of ``intermediate``'s features.
+    gated: bool = False  # pre-LN: normalises the feed-forward's input (not its residual)
     intermediate: Projection
     activation: Activation
     output: AddNorm
@@ -267,6 +371,96 @@ class Encoder(Node):
         return [index for step in self.schedule for index in step]
 
 
+class Conv1d(Node):
+    """A grouped convolution along the sequence, ``kernel_size`` wide (odd), zero-padded to keep the length.
+    Torch weight (out, in/groups, k); flax kernel (k, in/groups, out), an NWC conv kernel."""
+
+    kind: Literal["conv1d"] = "conv1d"
+    features: int
+    kernel_size: int
+    groups: int = 1
+    init_std: float = 0.02
+
+    flax_rules: ClassVar[dict[str, FlaxRule]] = {"weight": FlaxRule(name="kernel", permutation=(2, 1, 0))}
+
+    @model_validator(mode="after")
+    def _shape(self) -> Conv1d:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel_size={self.kernel_size} must be odd (an even kernel changes the length)")
+        if self.features % self.groups:
+            raise ValueError(f"hidden_size={self.features} is not divisible by conv_groups={self.groups}")
+        return self
+
+    def param_specs(self) -> list[ParamSpec]:
+        return [
+            ParamSpec(
+                name="weight",
+                shape=(self.features, self.features // self.groups, self.kernel_size),
+                axes=("embed", "group_in", "conv_width"),
+                init=NormalInit(std=self.init_std),
+            ),
+            ParamSpec(name="bias", shape=(self.features,), axes=("embed",), init=ZerosInit()),
+        ]
+
+
+class ConvLayer(Node):
+    """A convolution beside the first layer: ``norm(residual + act(dropout(conv(x) * m))) * m``, where ``x``
+    is the first layer's input, ``residual`` its output and ``m`` the (B, S) attention mask."""
+
+    kind: Literal["conv_layer"] = "conv_layer"
+    conv: Conv1d
+    activation: Activation
+    norm: LayerNorm
+    dropout: float
+
+
+class RelativeEncoder(Node):
+    """Layers that share one table of relative-position embeddings (their attention is
+    :class:`DisentangledAttention`), each run once, in order.
+
+    The input is first multiplied by the (B, S) mask (``mask_input``). ``rel_embeddings`` (2 * span rows),
+    normalised by ``norm`` when present, is what every layer's attention projects to position queries and
+    keys (with ``dropout`` applied per layer). ``conv`` runs beside the first layer (:class:`ConvLayer`).
+    """
+
+    kind: Literal["relative_encoder"] = "relative_encoder"
+    layers: list[TransformerLayer]
+    rel_embeddings: Embed | None
+    norm: LayerNorm | None = None
+    dropout: float = 0.0
+    conv: ConvLayer | None = None
+    mask_input: bool = True
+
+    @model_validator(mode="after")
+    def _disentangled(self) -> RelativeEncoder:
+        for layer in self.layers:
+            variant = layer.attention.attention.variant
+            if not isinstance(variant, DisentangledAttention):
+                raise ValueError(f"{layer.path}: a relative encoder's layers use disentangled attention")
+            if variant.relative and (self.rel_embeddings is None or self.rel_embeddings.num_embeddings != 2 * variant.span):
+                raise ValueError(f"{layer.path}: relative attention needs rel_embeddings of 2 * span rows")
+        return self
+
+    # The Encoder interface the call plan and tools read: each layer runs once, no head mask.
+    input_projection: ClassVar[None] = None
+
+    @property
+    def schedule(self) -> list[tuple[int, ...]]:
+        return [(i,) for i in range(len(self.layers))]
+
+    @property
+    def runs(self) -> list[int]:
+        return list(range(len(self.layers)))
+
+    @property
+    def head_mask_index(self) -> list[tuple[int | None, ...]]:
+        return [(None,) for _ in self.layers]
+
+    @property
+    def num_head_mask_rows(self) -> int:
+        return 0
+
+
 class Pooler(Node):
     kind: Literal["pooler"] = "pooler"
     dense: Linear
@@ -285,11 +479,14 @@ class BlockSparsePolicy(_Frozen):
 
 
 class Backbone(Node):
-    """Embeddings -> encoder -> optional pooler. ``path`` is the base-model prefix ('' for base)."""
+    """Embeddings -> encoder -> optional final norm -> optional pooler. ``path`` is the base-model prefix
+    ('' for base). ``final_norm`` (pre-LN stacks) normalises the encoder's output into ``last_hidden_state``
+    and the pooler's input; ``hidden_states`` keep the encoder's un-normalised outputs, as in HF PyTorch."""
 
     kind: Literal["backbone"] = "backbone"
     embeddings: Embeddings
-    encoder: Encoder
+    encoder: Annotated[Encoder | RelativeEncoder, Field(discriminator="kind")]
+    final_norm: LayerNorm | None = None
     pooler: Pooler | None = None
     block_sparse: BlockSparsePolicy | None = None
 
