@@ -7,6 +7,8 @@ Example:
     >>> flax_model = tandem.build(config, task="masked_lm", backend="flax", seed=0)  # same weights
 """
 
+from importlib import metadata as _metadata
+
 # Absolute imports: this file is also the repository root's __init__.py, which pytest imports under the
 # checkout folder's name; they resolve to the installed package whatever that folder is called.
 from tandem.backends.api import build, from_pretrained, save_pretrained
@@ -26,7 +28,10 @@ from tandem.core import (
 )
 from tandem.core.outputs import ModelOutput
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (the import name is tandem, the distribution tandem-encoders)
+    __version__ = _metadata.version("tandem-encoders")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AlbertConfig",

@@ -18,6 +18,6 @@ def load_backend(name: str) -> ModuleType:
         importlib.import_module(framework)
     except ImportError as err:
         raise ImportError(
-            f"the {name} backend needs {framework}, which is not installed: pip install 'tandem[{extra}]'"
+            f"the {name} backend needs {framework}, which is not installed: pip install 'tandem-encoders[{extra}]'"
         ) from err
     return importlib.import_module(f"{__name__}.{name}")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from ..core.checkpoint import match_weights, read_weights, save_checkpoint, task_for_checkpoint
 from ..core.config import FamilyConfig
 from ..core.families import build_graph, config_from_hf
+from ..core.hub import resolve
 from ..core.io import FORMATS, Format, checkpoint_directory, parse_size
 from ..core.params import init_params
+from ..core.sentence import SENTENCE_TASK, sentence_task
 from . import load_backend
 
 Backend = Literal["torch", "flax", "nnx"]
@@ -40,13 +43,21 @@ def _check_seed(seed: int) -> None:
 
 
 def build(
-    config: FamilyConfig, task: str = "base", backend: Backend = "torch", seed: int = 0, dtype: DType = "float32"
+    config: FamilyConfig,
+    task: str = "base",
+    backend: Backend = "torch",
+    seed: int = 0,
+    dtype: DType = "float32",
+    pooling: str | Sequence[str] | None = None,
+    normalize: bool | None = None,
 ) -> Any:
     """A fresh model of ``config`` for ``task`` with HF's initialisation, drawn from ``seed``.
 
     The weights depend only on ``seed``, not on the backend: the same seed gives the same weights in torch,
     flax and nnx. The model is in eval mode (torch, nnx) / called with ``train=False`` by default (flax);
-    an nnx model's dropout stream (``nnx.Rngs``) is seeded by ``seed`` too.
+    an nnx model's dropout stream (``nnx.Rngs``) is seeded by ``seed`` too. ``task="sentence_embedding"``:
+    the base model with a pooling head (``pooling``: ``"mean"`` (default), ``"cls"``, ``"max"``,
+    ``"lasttoken"``, ... or several; ``normalize``: unit length), returning ``embeddings``.
 
     Example:
         >>> model = tandem.build(config, task="masked_lm", backend="flax")
@@ -54,7 +65,8 @@ def build(
     _check_dtype(dtype)
     _check_names(task, backend)
     _check_seed(seed)
-    graph = build_graph(config, task)
+    _, task, sentence = sentence_task(None, task, pooling, normalize)
+    graph = build_graph(config, task, sentence)
     adapter = load_backend(backend)
     if backend == "nnx":  # the module owns its dropout randomness
         return adapter.create(graph, config, init_params(graph, seed), dtype, seed=seed)
@@ -67,25 +79,32 @@ def from_pretrained(
     task: str | None = None,
     dtype: DType = "float32",
     strict: bool = True,
+    revision: str | None = None,
+    pooling: str | Sequence[str] | None = None,
+    normalize: bool | None = None,
 ) -> Any:
     """Load an HF checkpoint directory into ``backend``: ``config.json`` plus weights in any HF format
     (``model.safetensors``, ``pytorch_model.bin`` read without unpickling code, ``flax_model.msgpack``;
-    single or sharded). Old TF-era LayerNorm names (``gamma``/``beta``) are accepted.
+    single or sharded). Old TF-era LayerNorm names (``gamma``/``beta``) are accepted. ``path`` may also be
+    an HF Hub id (``"org/name"``, at ``revision``), found through ``huggingface_hub``'s cache and offline
+    mode as HF does (:func:`tandem.core.hub.resolve`; the ``hub`` extra).
 
-    ``task`` defaults to the one named by the config's ``architectures`` (``<Family>ForMaskedLM`` ->
-    ``masked_lm``), else ``base``. Base weights load into head models and head checkpoints into base
-    models; head weights the checkpoint lacks are initialised and listed in one warning. Unexpected or
-    mis-shaped weights raise :class:`~tandem.CheckpointError` naming them (``strict=False``: report them in
-    the warning instead).
+    ``task`` defaults to ``sentence_embedding`` for a sentence-transformers directory (``modules.json``: its
+    pooling and normalisation, which ``pooling``/``normalize`` override; see :func:`build`), else to the one
+    named by the config's ``architectures`` (``<Family>ForMaskedLM`` -> ``masked_lm``), else ``base``. Base
+    weights load into head models and head checkpoints into base models; head weights the checkpoint lacks
+    are initialised and listed in one warning. Unexpected or mis-shaped weights raise
+    :class:`~tandem.CheckpointError` naming them (``strict=False``: report them in the warning instead).
     """
     _check_dtype(dtype)
     _check_names(task, backend)
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-    directory = checkpoint_directory(path, "path")
+    directory = checkpoint_directory(resolve(path, revision, argument="path"), "path")
+    directory, task, sentence = sentence_task(directory, task, pooling, normalize)
     config = config_from_hf(directory)
     checkpoint_task = task_for_checkpoint(config)
-    graph = build_graph(config, task or checkpoint_task or "base")
+    graph = build_graph(config, task or checkpoint_task or "base", sentence)
     adapter = load_backend(backend)
     weights, _ = match_weights(graph, config, read_weights(directory), checkpoint_task, strict=strict)
     return adapter.create(graph, config, weights, dtype)
@@ -112,4 +131,5 @@ def save_pretrained(
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike naming a directory, got {type(path).__name__}")
     weights = load_backend(model.backend).export(model)
-    save_checkpoint(path, model.config, graph.task, weights, format=format, max_shard_size=max_shard_size)
+    task = "base" if graph.task == SENTENCE_TASK else graph.task  # the pooling head has no weights
+    save_checkpoint(path, model.config, task, weights, format=format, max_shard_size=max_shard_size)

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .. import build_graph, config_from_hf, summary
+from .. import __version__, build_graph, config_from_hf, summary
 from ..core import FAMILIES, Family
 from ..core.checkpoint import task_for_checkpoint
 from ..core.params import count_params
@@ -41,6 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tandem", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tandem {__version__} (distribution tandem-encoders)")
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
