@@ -20,6 +20,7 @@ import transformers
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 import tandem
+from tandem.backends.flax.program import decode_step
 from tandem.core.params import flatten_tree
 
 # The shared tiny config as a decoder; 7 prompt tokens + 32 new ones fit its 40 positions.
@@ -293,13 +294,14 @@ def test_sampling_same_seed_same_tokens(cross_decoder: Decoder) -> None:
 
 
 def test_flax_decode_step_compiles_once(cross_decoder: Decoder) -> None:
-    """A generation compiles two programs (prompt, one-token step) whatever its length; a rerun compiles none."""
+    """A generation compiles two programs (prompt, one-token step) whatever its length; a rerun compiles none.
+    (The step is shared by every JAX model, keyed by graph and cache size: 11 new tokens is this test's size.)"""
     model, prompts = cross_decoder.flax, _prompts(cross_decoder)
-    before = model._jitted_step._cache_size()
-    tandem.generate(model, **prompts, max_new_tokens=9)
-    assert model._jitted_step._cache_size() == before + 2
-    tandem.generate(model, **prompts, max_new_tokens=9)
-    assert model._jitted_step._cache_size() == before + 2
+    before = decode_step._cache_size()
+    tandem.generate(model, **prompts, max_new_tokens=11)
+    assert decode_step._cache_size() == before + 2
+    tandem.generate(model, **prompts, max_new_tokens=11)
+    assert decode_step._cache_size() == before + 2
 
 
 # ------------------------------------------------------------------------------------------- gradients

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .cache import FlaxCache
-from .model import FlaxModel
+from .program import ModelSpec, decode_step
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -26,9 +26,12 @@ class DecoderSession:
     """
 
     def __init__(
-        self, model: FlaxModel, max_length: int, use_cache: bool, encoder_states: Any = None, encoder_mask: Any = None
+        self, model: Any, max_length: int, use_cache: bool, encoder_states: Any = None, encoder_mask: Any = None
     ) -> None:
-        self.model = model
+        # A linen model or an NNX module: both have a ``spec`` and an HF Flax ``params`` tree (the NNX module's
+        # is gathered from its Params, once, here).
+        self.spec: ModelSpec = model.spec
+        self.params = model.params
         self.max_length = max_length
         self.use_cache = use_cache
         self.encoder_states = None if encoder_states is None else jnp.asarray(encoder_states)
@@ -47,13 +50,24 @@ class DecoderSession:
             "encoder_attention_mask": self.encoder_mask,
         }
 
+    def _step(
+        self, arrays: dict[str, Any], cache: FlaxCache | None, column: int, use_cache: bool, cache_length: int
+    ) -> tuple[jax.Array, FlaxCache | None]:
+        return decode_step(
+            self.params,
+            arrays,
+            cache,
+            np.int32(column),
+            model=self.spec,
+            use_cache=use_cache,
+            cache_length=cache_length,
+        )
+
     def _window(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The whole sequence, padded to the window with masked positions: logits at its last column."""
         pad = ((0, 0), (0, self.max_length - ids.shape[1]))
         arrays = self._arrays(np.pad(ids, pad), np.pad(mask, pad), np.pad(positions, pad), with_states=True)
-        logits, _ = self.model._jitted_step(
-            self.model.params, arrays, None, np.int32(ids.shape[1] - 1), use_cache=False, cache_length=0
-        )
+        logits, _ = self._step(arrays, None, ids.shape[1] - 1, use_cache=False, cache_length=0)
         return np.asarray(logits)
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -61,9 +75,7 @@ class DecoderSession:
         if not self.use_cache:
             return self._window(ids, mask, positions)
         arrays = self._arrays(ids, mask, positions, with_states=True)
-        logits, self.cache = self.model._jitted_step(
-            self.model.params, arrays, None, np.int32(ids.shape[1] - 1), use_cache=True, cache_length=self.max_length
-        )
+        logits, self.cache = self._step(arrays, None, ids.shape[1] - 1, use_cache=True, cache_length=self.max_length)
         return np.asarray(logits)
 
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -73,9 +85,7 @@ class DecoderSession:
         window = np.pad(mask, ((0, 0), (0, self.max_length - mask.shape[1])))
         # Cached cross-attention keys/values replace the encoder states after the first call.
         arrays = self._arrays(ids[:, -1:], window, positions[:, -1:], with_states=False)
-        logits, self.cache = self.model._jitted_step(
-            self.model.params, arrays, self.cache, np.int32(0), use_cache=True, cache_length=0
-        )
+        logits, self.cache = self._step(arrays, self.cache, 0, use_cache=True, cache_length=0)
         return np.asarray(logits)
 
     def to_native(self, ids: np.ndarray) -> jax.Array:
@@ -83,6 +93,6 @@ class DecoderSession:
 
 
 def decoder_session(
-    model: FlaxModel, max_length: int, use_cache: bool, encoder_states: Any = None, encoder_mask: Any = None
+    model: Any, max_length: int, use_cache: bool, encoder_states: Any = None, encoder_mask: Any = None
 ) -> DecoderSession:
     return DecoderSession(model, max_length, use_cache, encoder_states, encoder_mask)

@@ -6,27 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from ...core import nodes as n
-from ...core.call import (
-    CallPlan,
-    check_input_names,
-    input_rows,
-    plan_call,
-    resolve_use_cache,
-)
 from ...core.config import FamilyConfig
-from ...core.outputs import ModelOutput
-from ...core.validation import check_values, value_ranges
-from .arrays import INT_INPUTS, as_array, host_range, ints, spec
-from .cache import FlaxCache, cache_window, check_cache, updated_cache
+from ...core.outputs import ModelOutput, finish
+from ..methods import PretrainedMethods
+from .cache import FlaxCache
 from .module import GraphModule
+from .program import ModelSpec, forward, prepare, run
 
 Array = jax.Array
 
 
-class FlaxModel:
+class FlaxModel(PretrainedMethods):
     """A compiled graph in flax: ``.module`` (linen), ``.params`` (HF Flax tree), ``.config``, ``.graph``.
 
     Calling it runs a ``jax.jit``-compiled forward (compiled once per call plan: input shapes and flags) on
@@ -47,11 +39,7 @@ class FlaxModel:
         self.module = module
         self.params = params
         self.config = config
-        self._jitted = jax.jit(self._apply_arrays, static_argnames=("plan", "block_sparse_seed", "cache_length"))
-        # Generation steps: the cache is donated, so each step updates it in place instead of copying it.
-        self._jitted_step = jax.jit(
-            self._step, static_argnames=("use_cache", "cache_length"), donate_argnames=("cache",)
-        )
+        self.spec = ModelSpec(module.graph, config, module.dtype)
 
     @property
     def graph(self) -> n.ModelGraph:
@@ -84,13 +72,15 @@ class FlaxModel:
         train: bool = False,
         dropout_rng: Array | None = None,
         block_sparse_seed: int = 0,
+        return_dict: bool = True,
         _jit: bool = False,
         **labels: Any,
-    ) -> ModelOutput:
+    ) -> ModelOutput | tuple[Any, ...]:
         """The forward pass on explicit ``params`` (differentiable; traced, not jitted, unless called
         through ``__call__``). ``train=True`` enables dropout and needs ``dropout_rng``;
         ``block_sparse_seed`` seeds block-sparse random blocks in training (same blocks as torch). Label
-        keyword arguments are the task's (``labels``, ``start_positions``...), plus its extra inputs.
+        keyword arguments are the task's (``labels``, ``start_positions``...), plus its extra inputs;
+        ``return_dict=False`` returns the output's ``to_tuple()``, as HF's models do.
 
         Decoders (causal self-attention) also take, as HF PyTorch's:
 
@@ -104,13 +94,9 @@ class FlaxModel:
           ``cached .. cached + S - 1``; cached cross-attention keys/values are reused. Attention maps then
           span the cache's ``max_length`` slots (unwritten ones have probability 0).
         """
-        graph = self.graph
-        check_input_names(graph, labels)
         if train and dropout_rng is None:
             raise ValueError("train=True needs dropout_rng=jax.random.key(...)")
-        use_cache = resolve_use_cache(graph, use_cache, past_key_values is not None, bool(labels))
-        cache = check_cache(graph.backbone.encoder, past_key_values)
-        raw = {
+        inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "token_type_ids": token_type_ids,
@@ -119,74 +105,18 @@ class FlaxModel:
             "head_mask": head_mask,
             "encoder_hidden_states": encoder_hidden_states,
             "encoder_attention_mask": encoder_attention_mask,
-            **{k: labels.pop(k) for k in graph.extra_inputs() if k in labels},
         }
-        raw = {k: as_array(v) for k, v in raw.items()}
-        labels = {k: as_array(v) for k, v in labels.items()}
-        rows = input_rows(*(None if x is None else x.shape for x in (raw["input_ids"], raw["inputs_embeds"])))
-        raw["attention_mask"], cache_length = cache_window(
-            graph, raw["attention_mask"], rows, cache, use_cache, cache_length
+        flags = (train, output_attentions, output_hidden_states)
+        call = prepare(self.graph, inputs, labels, past_key_values, use_cache, cache_length, *flags)
+        out = (forward if _jit else run)(
+            params,
+            call.arrays,
+            call.labels,
+            dropout_rng,
+            call.cache,
+            model=self.spec,
+            plan=call.plan,
+            block_sparse_seed=block_sparse_seed,
+            cache_length=call.cache_length,
         )
-        past = None if cache is None else int(cache.length)
-        plan = self._plan(raw, labels, cache, use_cache, train, output_attentions, output_hidden_states, past)
-        check_values(graph, value_ranges({**raw, **labels}, host_range), plan.num_choices)
-        arrays = {k: ints(v) if k in INT_INPUTS else None if v is None else jnp.asarray(v) for k, v in raw.items()}
-        fn = self._jitted if _jit else self._apply_arrays
-        labels = {k: jnp.asarray(v) for k, v in labels.items()}
-        return ModelOutput(fn(params, arrays, labels, dropout_rng, cache, plan, block_sparse_seed, cache_length))
-
-    def _plan(
-        self,
-        arrays: Mapping[str, Array | None],
-        labels: Mapping[str, Array],
-        cache: FlaxCache | None,
-        use_cache: bool,
-        training: bool = False,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        past_length: int | None = None,
-    ) -> CallPlan:
-        return plan_call(
-            self.graph,
-            {k: spec(v) for k, v in arrays.items()},
-            {k: spec(v) for k, v in labels.items()},
-            past_length=past_length,
-            cache_slots=None if cache is None else cache.max_length,
-            cached_cross=cache is not None and len(cache.layers[0]) == 4,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
-        )
-
-    def _apply_arrays(
-        self,
-        params: Mapping[str, Any],
-        arrays: dict[str, Array | None],
-        labels: dict[str, Array],
-        dropout_rng: Array | None,
-        cache: FlaxCache | None,
-        plan: CallPlan,
-        block_sparse_seed: int = 0,
-        cache_length: int = 0,
-    ) -> dict[str, Any]:
-        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        out = self.module.apply({"params": params}, arrays, plan, labels, cache, block_sparse_seed, rngs=rngs)
-        if plan.use_cache:
-            out["past_key_values"] = updated_cache(out["past_key_values"], cache, plan.full_length, cache_length)
-        return out
-
-    def _step(
-        self,
-        params: Mapping[str, Any],
-        arrays: dict[str, Array | None],
-        cache: FlaxCache | None,
-        column: Array,
-        use_cache: bool,
-        cache_length: int,
-    ) -> tuple[Array, FlaxCache | None]:
-        """One generation call: the logits at ``column`` (B, V) and the updated cache (see ``generate``)."""
-        plan = self._plan(arrays, {}, cache, use_cache)
-        out = self._apply_arrays(params, arrays, {}, None, cache, plan, cache_length=cache_length)
-        logits = jax.lax.dynamic_index_in_dim(out["logits"], column, axis=1, keepdims=False)
-        return logits, out.get("past_key_values")
+        return finish(out, return_dict)

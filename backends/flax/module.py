@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...core import nodes as n
-from ...core.call import INPUTS, CallPlan, Runtime, plan_call, run_call
+from ...core.call import CallPlan, plan_call
 from ...core.params import ParamEntry, init_params, param_entries, to_flax_tree
-from . import nodes as ops
-from .arrays import JaxOps, spec
+from .arrays import spec
 from .cache import FlaxCache
+from .program import execute
 
 Array = jax.Array
 
@@ -69,29 +69,8 @@ class GraphModule(nn.Module):
         for entry in param_entries(self.graph):
             groups.setdefault(entry.flax_path[0], []).append(entry)
         params = {top: self.param(top, _init_subtree, self.graph, entries) for top, entries in groups.items()}
-        ctx = ops.Context(
-            params=params,
-            dtype=self.dtype,
-            deterministic=not plan.training,
-            output_attentions=plan.output_attentions,
-            output_hidden_states=plan.output_hidden_states,
-            dropout_rng=self.make_rng("dropout") if plan.training else None,
-            block_sparse=plan.block_sparse,
-            block_sparse_seed=block_sparse_seed,
-            cache_index=None if cache is None else cache.length,
-        )
-        return run_call(
-            self.graph,
-            plan,
-            {k: inputs.get(k) for k in (*INPUTS, *self.graph.extra_inputs())},
-            labels,
-            Runtime("flax", ops.IMPLS, JaxOps(self.dtype), ctx),
-            head_mask=inputs.get("head_mask"),
-            encoder_states=inputs.get("encoder_hidden_states"),
-            encoder_mask=inputs.get("encoder_attention_mask"),
-            past=None if cache is None else cache.layers,
-            position_start=0 if cache is None else cache.length,
-        )
+        rng = self.make_rng("dropout") if plan.training else None
+        return execute(self.graph, self.dtype, params, inputs, plan, labels, cache, rng, block_sparse_seed)
 
 
 def create_params(graph: n.ModelGraph, weights: Mapping[str, np.ndarray]) -> dict[str, Any]:

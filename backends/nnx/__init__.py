@@ -1,8 +1,9 @@
 """The Flax NNX adapter: graph + weights -> an ``nnx.Module`` whose ``nnx.Param`` state is HF Flax's tree.
 
 No node kind is implemented here: the module holds the parameters and runs the call plan through the linen
-backend's node kernels (:mod:`tandem.backends.flax.nodes`), so the NNX and linen backends compute the same
-numbers from the same tree.
+backend's program (:mod:`tandem.backends.flax.program`: the same input checks, kernels and compiled
+programs), so the NNX and linen backends compute the same numbers from the same tree, and generate through
+the same decoder session.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ...core.config import FamilyConfig
 from ...core.nodes import ModelGraph
 from ...core.params import from_flax_tree, to_flax_tree
 from ..flax import _DTYPES
-from .generation import decoder_session, to_numpy
+from ..flax.generation import decoder_session, to_numpy
 from .model import NnxModel
 
 

@@ -9,13 +9,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ...core import nodes as n
-from ...core.call import check_input_names, input_rows, resolve_use_cache
 from ...core.config import FamilyConfig
-from ...core.outputs import ModelOutput
-from ...core.validation import check_values, value_ranges
-from ..flax.arrays import INT_INPUTS, as_array, host_range, ints
-from ..flax.cache import FlaxCache, cache_window, check_cache
-from .program import ModelSpec, forward, plan
+from ...core.outputs import ModelOutput, finish
+from ..flax.cache import FlaxCache
+from ..flax.program import ModelSpec, forward, prepare
+from ..methods import PretrainedMethods
 
 
 class Scope(nnx.Module):
@@ -44,16 +42,16 @@ def _attach(scope: nnx.Module, tree: Mapping[str, Any]) -> None:
             setattr(scope, name, nnx.Param(jnp.asarray(value)))
 
 
-class NnxModel(nnx.Module):
+class NnxModel(nnx.Module, PretrainedMethods):
     """A compiled graph as an ``nnx.Module``. Call it with keyword arrays; it returns a :class:`ModelOutput`.
 
     Its submodules follow the graph's HF paths and hold float32 ``nnx.Param``s with HF Flax's names and
     layouts, so ``nnx.state(model, nnx.Param)`` is an HF Flax params tree (the linen backend's
     ``params``). A parameter the graph shares (a layer group run by several steps of the encoder
     schedule) is declared once, so it is one ``Param`` and is counted once. The call runs the graph's call
-    plan through the linen backend's node kernels on those parameters, compiled once per plan (see
-    :func:`~tandem.backends.nnx.program.forward`); inside ``nnx.jit``/``nnx.grad`` it is traced into the
-    caller's program.
+    plan through the linen backend's program on those parameters (:func:`~tandem.backends.flax.program.
+    forward`: compiled once per plan, and shared with a linen model of the same graph); inside
+    ``nnx.jit``/``nnx.grad`` it is traced into the caller's program.
 
     Dropout follows NNX's convention: ``model.train()`` / ``model.eval()`` set ``deterministic``
     (:func:`tandem.build` and :func:`tandem.from_pretrained` return it in eval mode), and training calls draw
@@ -113,21 +111,19 @@ class NnxModel(nnx.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         block_sparse_seed: int = 0,
+        return_dict: bool = True,
         **labels: Any,
-    ) -> ModelOutput:
+    ) -> ModelOutput | tuple[Any, ...]:
         """Run the model; the keywords are the linen backend's (:meth:`FlaxModel.apply
         <tandem.backends.flax.model.FlaxModel.apply>`) less ``train``/``dropout_rng``, which the module's
-        mode and ``rngs`` replace. Label keyword arguments are the task's, plus its extra inputs.
+        mode and ``rngs`` replace. Label keyword arguments are the task's, plus its extra inputs;
+        ``return_dict=False`` returns the output's ``to_tuple()``, as HF's models do.
 
         Decoders take ``encoder_hidden_states``/``encoder_attention_mask``, ``use_cache`` (returns a
         fixed-size :class:`FlaxCache` of ``cache_length`` slots) and ``past_key_values`` (continue from one;
         its filled length must be concrete, so call with a cache outside ``nnx.jit``).
         """
-        graph = self.graph
-        check_input_names(graph, labels)
-        use_cache = resolve_use_cache(graph, use_cache, past_key_values is not None, bool(labels))
-        cache = check_cache(graph.backbone.encoder, past_key_values)
-        raw = {
+        inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "token_type_ids": token_type_ids,
@@ -136,30 +132,19 @@ class NnxModel(nnx.Module):
             "head_mask": head_mask,
             "encoder_hidden_states": encoder_hidden_states,
             "encoder_attention_mask": encoder_attention_mask,
-            **{k: labels.pop(k) for k in graph.extra_inputs() if k in labels},
         }
-        raw = {k: as_array(v) for k, v in raw.items()}
-        labels = {k: as_array(v) for k, v in labels.items()}
-        rows = input_rows(*(None if x is None else x.shape for x in (raw["input_ids"], raw["inputs_embeds"])))
-        raw["attention_mask"], cache_length = cache_window(
-            graph, raw["attention_mask"], rows, cache, use_cache, cache_length
-        )
         training = not self.deterministic
-        past = None if cache is None else int(cache.length)
-        call = plan(graph, raw, labels, cache, use_cache, training, output_attentions, output_hidden_states, past)
-        check_values(graph, value_ranges({**raw, **labels}, host_range), call.num_choices)
-        arrays = {k: ints(v) if k in INT_INPUTS else None if v is None else jnp.asarray(v) for k, v in raw.items()}
-        labels = {k: jnp.asarray(v) for k, v in labels.items()}
-        dropout_rng = self.rngs.dropout() if training else None
+        flags = (training, output_attentions, output_hidden_states)
+        call = prepare(self.graph, inputs, labels, past_key_values, use_cache, cache_length, *flags)
         out = forward(
             self.params,
-            arrays,
-            labels,
-            dropout_rng,
-            cache,
+            call.arrays,
+            call.labels,
+            self.rngs.dropout() if training else None,
+            call.cache,
             model=self.spec,
-            plan=call,
+            plan=call.plan,
             block_sparse_seed=block_sparse_seed,
-            cache_length=cache_length,
+            cache_length=call.cache_length,
         )
-        return ModelOutput(out)
+        return finish(out, return_dict)
