@@ -18,8 +18,8 @@ from ..core.sentence import SENTENCE_TASK, sentence_task
 from . import load_backend
 
 Backend = Literal["torch", "flax", "nnx"]
-DType = Literal["float32", "bfloat16"]
-_DTYPES = ("float32", "bfloat16")
+DType = Literal["float32", "bfloat16", "float16"]
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _check_dtype(dtype: str) -> None:
@@ -82,6 +82,7 @@ def from_pretrained(
     revision: str | None = None,
     pooling: str | Sequence[str] | None = None,
     normalize: bool | None = None,
+    **config_overrides: Any,
 ) -> Any:
     """Load an HF checkpoint directory into ``backend``: ``config.json`` plus weights in any HF format
     (``model.safetensors``, ``pytorch_model.bin`` read without unpickling code, ``flax_model.msgpack``;
@@ -95,6 +96,12 @@ def from_pretrained(
     weights load into head models and head checkpoints into base models; head weights the checkpoint lacks
     are initialised and listed in one warning. Unexpected or mis-shaped weights raise
     :class:`~tandem.CheckpointError` naming them (``strict=False``: report them in the warning instead).
+
+    ``config_overrides`` replace fields of ``config.json`` (HF's ``from_pretrained(path, num_labels=5)``):
+    any config field (``num_labels``, ``id2label``, dropouts...), validated as the config itself; an unknown
+    name is a ValueError naming it. Head weights whose shape no longer fits (a classifier for a new
+    ``num_labels``) are re-initialised and named in the warning, as HF's ``ignore_mismatched_sizes=True``
+    does; a base-model weight that no longer fits (a new ``hidden_size``) is an error.
     """
     _check_dtype(dtype)
     _check_names(task, backend)
@@ -103,10 +110,14 @@ def from_pretrained(
     directory = checkpoint_directory(resolve(path, revision, argument="path"), "path")
     directory, task, sentence = sentence_task(directory, task, pooling, normalize)
     config = config_from_hf(directory)
+    if config_overrides:
+        config = config.with_overrides(config_overrides, "from_pretrained")
     checkpoint_task = task_for_checkpoint(config)
     graph = build_graph(config, task or checkpoint_task or "base", sentence)
     adapter = load_backend(backend)
-    weights, _ = match_weights(graph, config, read_weights(directory), checkpoint_task, strict=strict)
+    checkpoint = read_weights(directory)
+    resize = bool(config_overrides)  # a head resized by the overrides is re-initialised
+    weights, _ = match_weights(graph, config, checkpoint, checkpoint_task, strict, reinitialise_mismatched_heads=resize)
     return adapter.create(graph, config, weights, dtype)
 
 

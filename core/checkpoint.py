@@ -82,6 +82,7 @@ class LoadReport:
     initialised: list[str] = field(default_factory=list)  # model keys absent from the checkpoint
     unused: list[str] = field(default_factory=list)  # checkpoint keys the model has no use for
     mismatched: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)  # head keys re-initialised as their shape changed
 
 
 def _layout(weights: Mapping[str, np.ndarray]) -> Layout:
@@ -224,6 +225,7 @@ def match_weights(
     checkpoint_task: str | None,
     strict: bool = True,
     seed: int = 0,
+    reinitialise_mismatched_heads: bool = False,
 ) -> tuple[dict[str, np.ndarray], LoadReport]:
     """Map checkpoint ``weights`` onto ``graph``'s parameters, as float32 arrays in torch layout.
 
@@ -234,9 +236,18 @@ def match_weights(
     else missing or unexpected, and any shape mismatch, raises :class:`CheckpointError` naming the keys,
     unless ``strict=False``. Weights stored in float16 or bfloat16 load as float32 (HF's default); the
     backend then applies the model's dtype.
+
+    ``reinitialise_mismatched_heads``: head parameters (outside the base model) whose shape differs from the
+    checkpoint's are freshly initialised and named in the warning instead (HF's ``ignore_mismatched_sizes``,
+    for a config whose head size was overridden, e.g. a new ``num_labels``).
     """
     match = _match(graph, weights)
     layout = match.layout
+    resized = []
+    if reinitialise_mismatched_heads and graph.backbone.path:
+        base = graph.backbone.path + "."
+        resized = [m for m in match.mismatched if not m[0].key.startswith(base)]
+        match.mismatched = [m for m in match.mismatched if m not in resized]
     if checkpoint_task is None:
         checkpoint_task = "base" if (graph.backbone.path and not match.prefixed) else graph.task
     theirs = set(_graph_names(graph, layout))
@@ -246,7 +257,11 @@ def match_weights(
         theirs = {n for n, e in _graph_names(other, layout).items() if e.key not in absent}
         theirs |= set(_alias_names(other)) if layout == "torch" else set()
 
-    report = LoadReport(initialised=[e.key for e in match.flax_absent], mismatched=match.mismatch_lines())
+    report = LoadReport(
+        initialised=[e.key for e in match.flax_absent],
+        mismatched=match.mismatch_lines(),
+        resized=[entry.key for entry, _, _ in resized],
+    )
     missing = []
     for entry in match.missing:
         (missing if _neutral(graph, entry, layout) in theirs else report.initialised).append(entry.key)
@@ -268,9 +283,13 @@ def match_weights(
     for key, name in match.found.items():
         value = weights[name] if layout == "torch" else entries[key].from_flax(weights[name])
         out[key] = value.astype(np.float32) if is_floating(value.dtype) and value.dtype != np.float32 else value
-    if report.initialised:
-        out.update(init_params(graph, seed, only=set(report.initialised)))
+    fresh = set(report.initialised) | set(report.resized)
+    if fresh:
+        out.update(init_params(graph, seed, only=fresh))
     messages = []
+    if resized:
+        lines = [f"{entry.key} (checkpoint {shape}, model {entry.shape(layout)})" for entry, _, shape in resized]
+        messages.append("re-initialised, as their shape no longer fits the checkpoint's: " + ", ".join(lines))
     if report.initialised:
         messages.append("newly initialised (not in the checkpoint): " + ", ".join(report.initialised))
     if report.unused:

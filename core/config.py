@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -110,6 +111,40 @@ class FamilyConfig(BaseModel):
             data["label2id"] = {name: int(i) for i, name in data["id2label"].items()}
         data["model_type"] = self.model_type
         return data
+
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "config overrides") -> FamilyConfig:
+        """This config with some fields replaced, validated as a ``config.json`` is (HF's
+        ``from_pretrained(path, num_labels=5)``). Any declared field, ``id2label``/``label2id`` and the HF
+        fields the config already holds may be given; an unknown name is a ValueError naming it. As in HF,
+        ``id2label`` sets ``num_labels`` (and ``label2id``) and a new ``num_labels`` drops the old label names.
+        """
+        known = set(type(self).model_fields) | set(self.model_extra or {}) | {"id2label", "label2id"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            hints = [
+                f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+                for name in unknown
+                for close in [difflib.get_close_matches(name, sorted(known), n=1)]
+            ]
+            raise ValueError(
+                f"{source}: unknown config field{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for "
+                f"{type(self).__name__}; the fields are {', '.join(sorted(type(self).model_fields))}"
+            )
+        data = self.to_hf_dict()
+        updates = dict(overrides)
+        id2label = updates.get("id2label")
+        if isinstance(id2label, Mapping):
+            updates["id2label"] = {str(k): v for k, v in id2label.items()}
+            updates.setdefault("num_labels", len(id2label))
+            updates.setdefault("label2id", {v: int(k) for k, v in updates["id2label"].items() if str(k).isdigit()})
+            if updates["num_labels"] != len(id2label):
+                raise ValueError(
+                    f"{source}: num_labels={updates['num_labels']} but id2label names {len(id2label)} labels"
+                )
+        elif "num_labels" in updates:
+            data.pop("id2label", None)
+            data.pop("label2id", None)
+        return type(self).from_hf_dict({**data, **updates}, source)
 
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], source: str = "config") -> FamilyConfig:

@@ -11,8 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+import harness
 import numpy as np
 import pytest
+import torch
 
 import tandem
 from tandem.core.hub import resolve
@@ -92,3 +94,100 @@ def test_version_from_the_distribution(capsys: pytest.CaptureFixture[str]) -> No
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"tandem {tandem.__version__} (distribution tandem-encoders)\n"
+
+
+BACKENDS = ("torch", "flax", "nnx")
+
+
+def _flat(values: tuple | list) -> list[np.ndarray]:
+    """A ``to_tuple()`` spread out: nested tuples (hidden states, attentions) in order, as numpy arrays."""
+    out = []
+    for value in values:
+        out += _flat(value) if isinstance(value, (tuple, list)) else [harness.to_numpy(value)]
+    return out
+
+
+@pytest.mark.parametrize("task", ["base", "sequence_classification"])
+def test_outputs_index_and_tuple_as_hf(task: str, checkpoints: harness.CheckpointCache) -> None:
+    """``out[i]``, ``out.to_tuple()`` and ``return_dict=False`` in every backend hold what HF PyTorch's
+    ``return_dict=False`` tuple holds, in its order (base: hidden state, pooler, hidden states, attentions;
+    heads: loss, logits, ...), within 1e-5."""
+    loaded = checkpoints.get(task)
+    batch = harness.make_batch(task, loaded.config, seed=0)
+    flags = {"output_hidden_states": True, "output_attentions": True}
+    with torch.no_grad():
+        reference = _flat(loaded.hf(**batch.torch(), **flags, return_dict=False))
+    for backend in BACKENDS:
+        model = loaded.torch if backend == "torch" else loaded.flax
+        if backend == "nnx":
+            model = tandem.from_pretrained(loaded.directory, backend="nnx")
+        inputs = batch.torch() if backend == "torch" else batch.numpy()
+        with torch.no_grad():
+            out = model(**inputs, **flags)
+            plain = model(**inputs, **flags, return_dict=False)
+        assert isinstance(plain, tuple) and len(plain) == len(out.to_tuple()) == len(out)
+        assert out[0] is out.to_tuple()[0] and out[-1] is out.to_tuple()[-1] and len(out[:2]) == 2
+        for ours in (_flat(out.to_tuple()), _flat(plain), _flat([out[i] for i in range(len(out))])):
+            assert [a.shape for a in ours] == [a.shape for a in reference], backend
+            diff = max(harness.max_abs_diff(a, b) for a, b in zip(ours, reference, strict=True))
+            assert diff <= harness.ATOL, (backend, diff)
+        harness.record(f"to_tuple() vs HF return_dict=False, {task}, {backend}", diff)
+
+
+def test_config_overrides_resize_the_head(checkpoints: harness.CheckpointCache) -> None:
+    """``from_pretrained(path, num_labels=5, id2label=..., <dropout>=...)`` in every backend: the config
+    holds the overrides, the base model keeps the checkpoint's weights, the classifier (2 labels in the
+    checkpoint) is re-initialised, the same in every backend, and the warning names it."""
+    loaded = checkpoints.get("sequence_classification")
+    labels = {0: "a", 1: "b", 2: "c", 3: "d", 4: "e"}
+    batch = harness.make_batch("sequence_classification", loaded.config, seed=0)
+    reference = harness.run_torch(loaded.torch, batch, with_labels=False, output_hidden_states=True)
+    logits = {}
+    for backend in BACKENDS:
+        with pytest.warns(UserWarning, match=r"re-initialised.*classifier\.weight \(checkpoint \(2, 36\)"):
+            model = tandem.from_pretrained(
+                loaded.directory, backend=backend, id2label=labels, hidden_dropout_prob=0.25
+            )
+        assert model.config.num_labels == 5 and model.config.hidden_dropout_prob == 0.25
+        assert model.config.to_hf_dict()["id2label"] == {str(k): v for k, v in labels.items()}
+        assert model.config.to_hf_dict()["label2id"] == {v: k for k, v in labels.items()}
+        inputs = batch.torch(False) if backend == "torch" else batch.numpy(False)
+        with torch.no_grad():
+            out = harness.flatten_outputs(model(**inputs, output_hidden_states=True))
+        for name, value in reference.items():
+            if name.startswith("hidden_states"):
+                assert harness.max_abs_diff(out[name], value) <= harness.ATOL, (backend, name)
+        logits[backend] = out["logits"]
+        assert logits[backend].shape == (len(batch.inputs["input_ids"]), 5)
+    assert harness.max_abs_diff(logits["torch"], logits["flax"]) <= harness.ATOL
+    assert harness.max_abs_diff(logits["torch"], logits["nnx"]) <= harness.ATOL
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_lables": 3}, r"from_pretrained: unknown config field 'num_lables' \(did you mean 'num_labels'\?\)"),
+        ({"num_labels": 0}, r"from_pretrained: num_labels must be a positive integer"),
+        ({"hidden_dropout_prob": 1.5}, r"from_pretrained: hidden_dropout_prob must be in \[0, 1\)"),
+        ({"num_labels": 3, "id2label": {0: "a"}}, r"from_pretrained: num_labels=3 but id2label names 1 labels"),
+        ({"hidden_size": 48}, r"shape mismatch:\n  .*embeddings"),
+    ],
+)
+def test_config_override_errors(overrides: dict, message: str, checkpoints: harness.CheckpointCache) -> None:
+    for backend in BACKENDS:
+        with pytest.raises((ValueError, tandem.CheckpointError), match=message):
+            tandem.from_pretrained(checkpoints.get("sequence_classification").directory, backend=backend, **overrides)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_methods(backend: str, tmp_path: Path, checkpoints: harness.CheckpointCache) -> None:
+    """``model.config``, ``model.num_parameters()`` (HF's count) and ``model.save_pretrained(path)``."""
+    loaded = checkpoints.get("masked_lm")
+    model = tandem.from_pretrained(loaded.directory, backend=backend)
+    assert model.config == loaded.torch.config
+    assert model.num_parameters() == loaded.hf.num_parameters()  # the tied decoder counted once
+    assert model.num_parameters(exclude_embeddings=True) == loaded.hf.num_parameters(exclude_embeddings=True)
+    model.save_pretrained(tmp_path / backend)
+    again = tandem.from_pretrained(tmp_path / backend, backend="torch")
+    for key, value in loaded.torch.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[key].numpy(), value.numpy(), err_msg=key)

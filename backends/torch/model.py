@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from ...core import nodes as n
 from ...core.call import INPUTS, Runtime, check_input_names, plan_call, resolve_use_cache, run_call
 from ...core.config import FamilyConfig
-from ...core.outputs import ModelOutput
+from ...core.outputs import ModelOutput, finish
 from ...core.params import param_entries, torch_aliases
 from ...core.validation import check_values, value_ranges
+from ..methods import PretrainedMethods
 from . import nodes as ops
 from .arrays import TorchOps, as_tensor, spec
 
@@ -30,7 +31,7 @@ def _attach(root: nn.Module, key: str, param: nn.Parameter) -> None:
     module.register_parameter(name, param)
 
 
-class TorchModel(nn.Module):
+class TorchModel(nn.Module, PretrainedMethods):
     """A compiled graph. Call it with keyword tensors; it returns a :class:`ModelOutput`.
 
     The module tree holds exactly the graph's declared parameters at their HF paths (plus HF's tied
@@ -61,6 +62,9 @@ class TorchModel(nn.Module):
     def task(self) -> str:
         return self.graph.task
 
+    def _frozen(self, key: str) -> bool:
+        return not self.get_parameter(key).requires_grad
+
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -76,11 +80,12 @@ class TorchModel(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         block_sparse_seed: int = 0,
+        return_dict: bool = True,
         **labels: Tensor,
-    ) -> ModelOutput:
+    ) -> ModelOutput | tuple[Any, ...]:
         """Run the model. Label keyword arguments are the task's (``labels``, ``start_positions``...), plus
         its extra inputs (``question_lengths``); ``block_sparse_seed`` seeds block-sparse random blocks in
-        training.
+        training; ``return_dict=False`` returns the output's ``to_tuple()``, as HF's models do.
 
         Decoders (causal self-attention) also take, as HF PyTorch's:
 
@@ -149,7 +154,7 @@ class TorchModel(nn.Module):
         )
         if "past_key_values" in out:
             out["past_key_values"] = tuple(out["past_key_values"])
-        return ModelOutput(out)
+        return finish(out, return_dict)
 
 
 def _host_range(x: Tensor) -> tuple[int, int] | None:

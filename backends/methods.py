@@ -1,0 +1,40 @@
+"""The methods HF's models have that every backend's model shares: ``num_parameters``, ``save_pretrained``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..core.io import Format
+from ..core.nodes import Embed
+from ..core.params import param_entries
+
+
+class PretrainedMethods:
+    """Mixed into each backend's model class, which provides ``graph``, ``config`` and ``backend``."""
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters, a shared one counted once, as HF's ``num_parameters``.
+
+        ``only_trainable``: those that take gradients (in torch, ``requires_grad``; every parameter in JAX);
+        ``exclude_embeddings``: without the embedding tables (word, position, token type).
+        """
+        entries = param_entries(self.graph)  # type: ignore[attr-defined]
+        return sum(
+            int(np.prod(e.spec.shape))
+            for e in entries
+            if not (exclude_embeddings and isinstance(e.node, Embed)) and not (only_trainable and self._frozen(e.key))
+        )
+
+    def _frozen(self, key: str) -> bool:
+        """Whether the parameter at HF PyTorch ``key`` is excluded from training (a backend may override)."""
+        return False
+
+    def save_pretrained(
+        self, path: str | os.PathLike[str], format: Format = "safetensors", max_shard_size: int | str | None = None
+    ) -> None:
+        """:func:`tandem.save_pretrained` of this model: ``model.save_pretrained(path)``, as in HF."""
+        from .api import save_pretrained
+
+        save_pretrained(self, path, format=format, max_shard_size=max_shard_size)
