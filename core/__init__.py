@@ -6,7 +6,11 @@ from .families import FAMILIES, Family, build_graph, config_from_hf, family_of
 from .families.albert import AlbertConfig
 from .families.bert import BertConfig
 from .families.big_bird import BigBirdConfig
+from .families.camembert import CamembertConfig
+from .families.roberta import RobertaConfig
+from .families.roberta_prelayernorm import RobertaPreLayerNormConfig
 from .families.squeezebert import SqueezeBertConfig
+from .families.xlm_roberta import XLMRobertaConfig
 from .nodes import ModelGraph
 from .params import init_params, param_entries
 from .summary import summary
@@ -16,12 +20,16 @@ __all__ = [
     "AlbertConfig",
     "BertConfig",
     "BigBirdConfig",
+    "CamembertConfig",
     "CheckpointError",
     "Family",
     "FamilyConfig",
     "LoadReport",
     "ModelGraph",
+    "RobertaConfig",
+    "RobertaPreLayerNormConfig",
     "SqueezeBertConfig",
+    "XLMRobertaConfig",
     "build_graph",
     "config_from_hf",
     "family_of",

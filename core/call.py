@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
-from .nodes import ClassificationLoss, Loss, ModelGraph, SentencePooling, join
+from .nodes import ClassificationLoss, Loss, ModelGraph, SentencePooling, SkipPaddingPositions, join
 from .validation import check_positions, check_shapes
 
 Array = Any  # a torch.Tensor or a jax.Array: core never looks inside
@@ -265,6 +265,9 @@ class Ops(Protocol):
     def column(self, x: Array, index: int) -> Array:
         """``x[..., index]``, contiguous."""
 
+    def cumsum(self, x: Array) -> Array:
+        """The running sum of ``x`` (B, S) along axis 1."""
+
 
 @dataclass
 class CrossInputs:
@@ -440,9 +443,23 @@ def _embed(
             pad_ids = ops.full((batch, pad), pad_id)
             pad_rows = rt(emb, emb_path, pad_ids, ops.zeros((batch, pad)), ops.arange(pad)[None], None)
             embeds = ops.concat(embeds, pad_rows)
-    if positions is None:  # HF PyTorch: offset by the cached length
-        positions = ops.broadcast(ops.arange(plan.full_length)[None] + position_start, (batch, plan.full_length))
+    if positions is None:
+        positions = _default_positions(emb.default_positions, plan, ids, ops, position_start)
     return rt(emb, emb_path, ids, token_type_ids, positions, embeds), mask, question
+
+
+def _default_positions(
+    rule: SkipPaddingPositions | None, plan: CallPlan, ids: Array | None, ops: Ops, position_start: Any
+) -> Array:
+    """HF PyTorch's position ids when the call gives none: offset by the cached length, or as the embeddings'
+    ``default_positions`` rule says."""
+    shape = (plan.batch, plan.full_length)
+    if rule is None:
+        return ops.broadcast(ops.arange(plan.full_length)[None] + position_start, shape)
+    if ids is None:  # HF's create_position_ids_from_inputs_embeds: from padding_idx + 1, the cache ignored
+        return ops.broadcast(ops.arange(plan.full_length)[None] + (rule.padding_idx + 1), shape)
+    real = ops.to_int(ids != rule.padding_idx)
+    return (ops.cumsum(real) + position_start) * real + rule.padding_idx
 
 
 __all__ = [

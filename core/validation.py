@@ -175,8 +175,12 @@ def _check_range(name: str, value_range: IntRange, classes: int, ignore: int) ->
 def check_positions(graph: ModelGraph, key_length: int, positions_given: bool) -> None:
     """Default positions run up to the cached plus new length: it must fit the position table."""
     size = graph.backbone.embeddings.position.num_embeddings
-    if not positions_given and key_length > size:
+    rule = graph.backbone.embeddings.default_positions
+    first = 0 if rule is None else rule.padding_idx + 1  # skip-padding positions start after the pad row
+    if not positions_given and first + key_length > size:
+        start = "" if rule is None else f", default positions starting at padding_idx + 1 = {first}"
         raise ValueError(
             f"the sequence is {key_length} positions long (cached positions included), but the position table "
-            f"has {size} entries (max_position_embeddings={size}); truncate the input to at most {size} tokens"
+            f"has {size} entries (max_position_embeddings={size}{start}); truncate the input to at most "
+            f"{size - first} tokens"
         )

@@ -96,7 +96,8 @@ def make_batch(
     """A padded batch with token types and random labels for ``task`` (``config``: HF config kwargs).
 
     Rows cycle through ``mask_patterns`` (default: full, right-padded, left-padded, fully masked, a hole);
-    padded positions carry the pad id 0. Multiple choice gets ``(batch, num_choices, length)`` inputs.
+    padded positions carry the config's ``pad_token_id`` (0 without one).
+    Multiple choice gets ``(batch, num_choices, length)`` inputs.
     ``problem`` picks the sequence-classification label kind (None: integer classes).
     """
     rng = np.random.default_rng(seed)
@@ -106,7 +107,7 @@ def make_batch(
     patterns = list(mask_patterns) if mask_patterns is not None else list(range(5))
     mask = np.stack([_mask_row(patterns[i % len(patterns)], length) for i in range(rows)])
     ids = rng.integers(1, vocab, size=(rows, length))
-    ids = np.where(mask == 1, ids, 0)
+    ids = np.where(mask == 1, ids, int(config.get("pad_token_id") or 0))
     token_types = np.zeros((rows, length), np.int64)
     if types > 1:
         for r in range(rows):

@@ -89,7 +89,26 @@ class Reference:
 # whose head_dim is not a power of four (HF Flax scales Q before the Q.K product and HF PyTorch after it,
 # which agree bitwise only when sqrt(head_dim) is a power of two), widths that differ from each other, and
 # initializer_range 0.2 (HF: 0.02), so that attention is far from uniform and logits are O(1).
+ROBERTA_TINY: dict[str, Any] = {
+    "vocab_size": 93,
+    "hidden_size": 36,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 3,
+    "intermediate_size": 53,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 40,
+    "type_vocab_size": 1,  # as released checkpoints: no token types
+    "pad_token_id": 1,  # positions count from 2, skipping pad tokens (padded rows hold pad ids)
+    "initializer_range": 0.2,
+    "layer_norm_eps": 1e-5,
+}
+
 REFERENCES: dict[str, Reference] = {
+    "roberta": Reference("roberta", ROBERTA_TINY),
+    "xlm-roberta": Reference("xlm-roberta", {**ROBERTA_TINY, "vocab_size": 89, "intermediate_size": 47}),
+    # HF's default type_vocab_size 2: token types on top of the skip-padding positions
+    "camembert": Reference("camembert", {**ROBERTA_TINY, "type_vocab_size": 2}, has_flax=False),
+    "roberta-prelayernorm": Reference("roberta-prelayernorm", {**ROBERTA_TINY, "hidden_act": "gelu_new"}),
     "bert": Reference(
         "bert",
         {

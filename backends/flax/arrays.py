@@ -61,6 +61,9 @@ class JaxOps:
     def broadcast(self, x: Array, shape: tuple[int, ...]) -> Array:
         return jnp.broadcast_to(x, shape)
 
+    def cumsum(self, x: Array) -> Array:
+        return jnp.cumsum(x, axis=1)
+
     def column(self, x: Array, index: int) -> Array:
         return x[..., index]
 

@@ -61,6 +61,9 @@ class TorchOps:
     def column(self, x: Tensor, index: int) -> Tensor:
         return x[..., index].contiguous()
 
+    def cumsum(self, x: Tensor) -> Tensor:
+        return torch.cumsum(x, dim=1)
+
 
 def as_tensor(value: Any, device: torch.device) -> Tensor | None:
     """A tensor as given; a numpy array or nested list as a tensor on ``device`` (HF wants tensors; tandem

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import FamilyConfig, parse_hf_config
 from ..nodes import ModelGraph
-from . import albert, bert, big_bird, squeezebert
+from . import albert, bert, big_bird, camembert, roberta, roberta_prelayernorm, squeezebert, xlm_roberta
 from .tasks import Task
 
 
@@ -46,6 +46,15 @@ FAMILIES: dict[str, Family] = {
         Family("albert", albert.AlbertConfig, albert.build_albert, albert.TASKS),
         Family("big_bird", big_bird.BigBirdConfig, big_bird.build_big_bird, big_bird.TASKS),
         Family("squeezebert", squeezebert.SqueezeBertConfig, squeezebert.build_squeezebert, squeezebert.TASKS),
+        Family("roberta", roberta.RobertaConfig, roberta.build_roberta, roberta.TASKS),
+        Family("xlm-roberta", xlm_roberta.XLMRobertaConfig, xlm_roberta.build_xlm_roberta, xlm_roberta.TASKS),
+        Family("camembert", camembert.CamembertConfig, camembert.build_camembert, camembert.TASKS),
+        Family(
+            "roberta-prelayernorm",
+            roberta_prelayernorm.RobertaPreLayerNormConfig,
+            roberta_prelayernorm.build_roberta_prelayernorm,
+            roberta_prelayernorm.TASKS,
+        ),
     )
 }
 

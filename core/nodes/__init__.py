@@ -51,6 +51,7 @@ from .layers import (
     Linear,
     Pooler,
     Projection,
+    SkipPaddingPositions,
     TransformerLayer,
     score_divisor,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "Pooler",
     "Projection",
     "QuestionMask",
+    "SkipPaddingPositions",
     "SpanHead",
     "SpanLoss",
     "TransformerLayer",

@@ -129,8 +129,20 @@ class LayerNorm(Node):
 
 
 # ------------------------------------------------------------------------------------- composites
+class SkipPaddingPositions(_Frozen):
+    """Default position ids that skip padding (fairseq's ``make_positions``; HF PyTorch's
+    ``create_position_ids_from_input_ids``): the ``n``-th non-pad token of a row is at ``padding_idx + past + n``
+    (``past``: the cached length), every ``padding_idx`` token at ``padding_idx``, whose table row is the pad row.
+    From ``inputs_embeds`` (no ids to find the padding in) positions are ``padding_idx + 1, padding_idx + 2, ...``
+    whatever the cached length, as HF PyTorch's ``create_position_ids_from_inputs_embeds``."""
+
+    kind: Literal["skip_padding"] = "skip_padding"
+    padding_idx: int = Field(ge=0)
+
+
 class Embeddings(Node):
-    """Token + token-type + position embeddings, summed in ``sum_order``, then LayerNorm and dropout."""
+    """Token + token-type + position embeddings, summed in ``sum_order``, then LayerNorm and dropout.
+    ``default_positions``: the position ids of a call that gives none (None: ``past, past + 1, ...``)."""
 
     kind: Literal["embeddings"] = "embeddings"
     word: Embed
@@ -143,6 +155,7 @@ class Embeddings(Node):
     projection: Linear | None = None  # maps the summed embeddings to the model width before the norm
     word_scale: float | None = None  # multiply word embeddings (BigBird's rescale_embeddings)
     dropout_before_norm: bool = False
+    default_positions: SkipPaddingPositions | None = None
 
     @model_validator(mode="after")
     def _terms_exist(self) -> Embeddings:
