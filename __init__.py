@@ -31,6 +31,7 @@ from tandem.core import (
     summary,
 )
 from tandem.core.outputs import ModelOutput
+from tandem.text import Tokenizer, encode
 
 try:  # the installed distribution's version (the import name is tandem, the distribution tandem-encoders)
     __version__ = _metadata.version("tandem-encoders")
@@ -49,11 +50,13 @@ __all__ = [
     "RobertaConfig",
     "RobertaPreLayerNormConfig",
     "SqueezeBertConfig",
+    "Tokenizer",
     "XLMRobertaConfig",
     "build",
     "build_graph",
     "config_from_hf",
     "convert_cache",
+    "encode",
     "from_pretrained",
     "generate",
     "save_pretrained",

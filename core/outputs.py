@@ -13,6 +13,7 @@ FIELDS = (
     "sop_logits",
     "start_logits",
     "end_logits",
+    "embeddings",  # task sentence_embedding: one (pooled, possibly normalised) vector per row
     "last_hidden_state",
     "pooler_output",
     "past_key_values",

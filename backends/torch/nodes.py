@@ -20,6 +20,7 @@ from ...core.block_sparse import random_blocks
 from ...core.call import CrossInputs, EncoderOutput, HeadInputs, LayerOutput, lookup
 from .block_sparse import block_sparse_attention
 from .losses import LOSSES
+from .pooling import sentence_pooling
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -348,5 +349,6 @@ IMPLS: dict[type, Callable[..., Any]] = {
     n.DenseHead: dense_head,
     n.ClassificationHead: classification_head,
     n.SpanHead: span_head,
+    n.SentencePooling: sentence_pooling,
     **LOSSES,
 }

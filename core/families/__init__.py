@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import FamilyConfig, parse_hf_config
 from ..nodes import ModelGraph
+from ..sentence import SENTENCE_TASK, SentenceSpec, sentence_embedding_graph
 from . import albert, bert, big_bird, camembert, roberta, roberta_prelayernorm, squeezebert, xlm_roberta
 from .tasks import Task
 
@@ -71,6 +72,12 @@ def config_from_hf(path_or_dict: str | Path | dict[str, Any]) -> FamilyConfig:
     return parse_hf_config(path_or_dict, {name: family.config_class for name, family in FAMILIES.items()})
 
 
-def build_graph(config: FamilyConfig, task: str = "base") -> ModelGraph:
-    """The layer graph of ``config`` for ``task``."""
-    return family_of(config).build(config, task)
+def build_graph(config: FamilyConfig, task: str = "base", sentence: SentenceSpec | None = None) -> ModelGraph:
+    """The layer graph of ``config`` for ``task``. ``task="sentence_embedding"`` (every family) is the base
+    model with the pooling head ``sentence`` describes (default: mean pooling, not normalised)."""
+    family = family_of(config)
+    if task == SENTENCE_TASK:
+        return sentence_embedding_graph(family.build(config, "base"), sentence or SentenceSpec(), config.hidden_size)
+    if sentence is not None:
+        raise ValueError(f"pooling options apply to task={SENTENCE_TASK!r}, not to task={task!r}")
+    return family.build(config, task)

@@ -21,6 +21,7 @@ from .base import (
 )
 from .graph import ModelGraph
 from .heads import (
+    POOLING_MODES,
     ClassificationHead,
     ClassificationLoss,
     CrossEntropyLoss,
@@ -29,7 +30,9 @@ from .heads import (
     LMDecoder,
     LMHead,
     Loss,
+    PoolingMode,
     QuestionMask,
+    SentencePooling,
     SpanHead,
     SpanLoss,
     loss_labels,
@@ -87,10 +90,13 @@ __all__ = [
     "Node",
     "NormalInit",
     "OnesInit",
+    "POOLING_MODES",
     "ParamSpec",
     "Pooler",
+    "PoolingMode",
     "Projection",
     "QuestionMask",
+    "SentencePooling",
     "SkipPaddingPositions",
     "SpanHead",
     "SpanLoss",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import Activation, FlaxRule, Node, NormalInit, ParamSpec, ZerosInit, _Frozen
 from .layers import AddNorm, LayerNorm, Linear
@@ -116,7 +116,44 @@ class SpanHead(Node):
         return {name: (True, 1) for name in self.split}
 
 
-Head = Annotated[LMHead | DenseHead | ClassificationHead | SpanHead, Field(discriminator="kind")]
+PoolingMode = Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
+POOLING_MODES: tuple[str, ...] = get_args(PoolingMode)
+
+
+class SentencePooling(Node):
+    """A sentence embedding from the sequence output, as sentence-transformers' ``Pooling`` (then its
+    ``Normalize``) computes it: one (B, H) vector per mode, concatenated in the order of ``modes``, over the
+    positions the attention mask keeps (mask values weight the positions, as there):
+
+    - ``cls``: the first kept position (left padding included); ``lasttoken``: the last one (zeros when a row
+      keeps none); ``max``: the maximum over kept positions (-inf when none);
+    - ``mean``: ``sum(h * m) / max(sum(m), 1e-9)``; ``mean_sqrt_len_tokens``: divided by the square root of
+      that count instead; ``weightedmean``: positions weighted 1, 2, ..., S.
+
+    ``normalize``: then ``x / max(||x||_2, 1e-12)`` (torch's ``F.normalize``). ``max_seq_length``: the length
+    sentence-transformers truncates inputs to (``sentence_bert_config.json``), which ``tandem.encode`` uses.
+    """
+
+    kind: Literal["sentence_pooling"] = "sentence_pooling"
+    hidden_size: int
+    modes: tuple[PoolingMode, ...] = ("mean",)
+    normalize: bool = False
+    max_seq_length: int | None = Field(default=None, gt=0)
+    output: str = "embeddings"
+
+    @model_validator(mode="after")
+    def _some_mode(self) -> SentencePooling:
+        if not self.modes:
+            raise ValueError(f"sentence pooling needs at least one mode of {', '.join(POOLING_MODES)}")
+        return self
+
+    def outputs(self) -> dict[str, tuple[bool, int]]:
+        return {self.output: (False, self.hidden_size * len(self.modes))}
+
+
+Head = Annotated[
+    LMHead | DenseHead | ClassificationHead | SpanHead | SentencePooling | PredictionHead, Field(discriminator="kind")
+]
 
 
 # ------------------------------------------------------------------------------------------ losses

@@ -1,0 +1,111 @@
+"""``tandem.encode``: sentence embeddings of a list of texts in one call, as sentence-transformers' ``encode``."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+
+from ..backends import load_backend
+from ..core.nodes import SentencePooling
+from .tokenizer import Tokenizer
+
+_PROGRESS_FROM = 8  # batches: with progress=None, longer inputs show a bar (when tqdm is installed)
+
+
+def _bar(texts: int, batches: int, progress: bool | None) -> Any:
+    """A tqdm bar over ``texts``, or None: shown when asked, or by default from :data:`_PROGRESS_FROM` batches."""
+    if progress is False or (progress is None and batches < _PROGRESS_FROM):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if progress:
+            warnings.warn("progress=True needs tqdm (pip install tqdm); encoding without a progress bar", stacklevel=3)
+        return None
+    return tqdm(total=texts, desc="encode", unit="text")
+
+
+def encode(
+    model: Any,
+    tokenizer: Tokenizer,
+    texts: str | Sequence[str],
+    batch_size: int = 32,
+    max_length: int | None = None,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """Sentence embeddings of ``texts`` as a float32 numpy array (N, D) in input order ((D,) for one str).
+
+    ``model`` is a ``sentence_embedding`` model in any backend (``tandem.from_pretrained`` of a
+    sentence-transformers directory is one). As sentence-transformers does, the texts are sorted by length
+    (longest first), tokenized ``batch_size`` at a time with padding to the longest of the batch and
+    truncation to ``max_length`` (default: the directory's ``max_seq_length``, else the smaller of the
+    tokenizer's ``model_max_length`` and the model's ``max_position_embeddings``), and run without gradients.
+    ``progress``: a tqdm bar (None: only for inputs of 8 batches or more; needs tqdm).
+
+    Example:
+        >>> model = tandem.from_pretrained(path)  # a sentence-transformers directory
+        >>> tok = tandem.Tokenizer.from_pretrained(path)
+        >>> tandem.encode(model, tok, ["A man is eating food.", "A man eats."]).shape
+        (2, 384)
+    """
+    graph = getattr(model, "graph", None)
+    head = next((h for h in getattr(graph, "heads", ()) if isinstance(h, SentencePooling)), None)
+    if head is None:
+        task = getattr(graph, "task", type(model).__name__)
+        raise ValueError(
+            f"encode needs a sentence_embedding model, got {task}: load it with "
+            "tandem.from_pretrained(path, task='sentence_embedding', pooling=..., normalize=...)"
+        )
+    if not isinstance(tokenizer, Tokenizer):
+        raise TypeError(f"tokenizer must be a tandem.Tokenizer, got {type(tokenizer).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    single = isinstance(texts, str)
+    items = [texts] if single else list(texts) if isinstance(texts, (list, tuple)) else None
+    if items is None or not all(isinstance(t, str) for t in items):
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    if max_length is None:
+        max_length = head.max_seq_length or min(
+            tokenizer.model_max_length or model.config.max_position_embeddings, model.config.max_position_embeddings
+        )
+    width = head.hidden_size * len(head.modes)
+    out = np.zeros((len(items), width), dtype=np.float32)
+    order = np.argsort([-len(t) for t in items], kind="stable")  # longest first: less padding per batch
+    backend = load_backend(model.backend)
+    starts = range(0, len(items), batch_size)
+    bar = _bar(len(items), len(starts), progress)
+    try:
+        with _no_grad(model.backend):
+            for start in starts:
+                rows = order[start : start + batch_size]
+                texts_in = [items[i] for i in rows]
+                batch = tokenizer(
+                    texts_in, padding=True, truncation="longest_first", max_length=max_length, return_tensors="np"
+                )
+                vectors = model(**batch).embeddings
+                if model.backend == "torch":
+                    vectors = vectors.float()  # numpy has no bfloat16
+                out[rows] = backend.to_numpy(vectors).astype(np.float32)
+                if bar is not None:
+                    bar.update(len(rows))
+    finally:
+        if bar is not None:
+            bar.close()
+    return out[0] if single else out
+
+
+def _no_grad(backend: str) -> Any:
+    """torch records no graph for these calls (jax records none anyway)."""
+    if backend != "torch":
+        return nullcontext()
+    import torch
+
+    return torch.inference_mode()
+
+
+__all__ = ["encode"]
