@@ -151,9 +151,7 @@ class SentencePooling(Node):
         return {self.output: (False, self.hidden_size * len(self.modes))}
 
 
-Head = Annotated[
-    LMHead | DenseHead | ClassificationHead | SpanHead | SentencePooling | PredictionHead, Field(discriminator="kind")
-]
+Head = Annotated[LMHead | DenseHead | ClassificationHead | SpanHead | SentencePooling, Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------ losses
