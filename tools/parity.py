@@ -4,6 +4,13 @@ Everything is compared as numpy float32 over every output a call returns but the
 logits (or last hidden state and pooled output), each hidden state and each attention map (cross-attention
 maps included), keyed ``hidden_states.3``.
 
+Padded positions (``attention_mask == 0``) are compared apart: what a model computes there is never read
+(it is masked out of every attention and of every pooling), and there HF's own PyTorch and Flax differ by
+1e-4 on real checkpoints, as the order of the fp32 sums over the masked scores decides it. Their difference
+is reported (``padded``) but decides the outcome only with ``include_padding``; the rows of a hidden state,
+token logits or an attention map at padded query positions are the padded part, everything else (pooled
+outputs, sequence logits, the loss, the other rows) decides.
+
 Example:
     >>> from tandem.core import FAMILIES
     >>> with strict_numerics():
@@ -22,13 +29,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
 import torch
 
-from .. import build, from_pretrained, save_pretrained
+from .. import build, config_from_hf, from_pretrained, save_pretrained
 from ..core import Family, FamilyConfig, family_of
 from ..core.checkpoint import read_weights, task_for_checkpoint
 from ..core.nodes import ModelGraph, join
@@ -131,7 +138,33 @@ class Diff:
         return {"max_abs_diff": self.value if np.isfinite(self.value) else None, "output": self.where}
 
 
-def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Diff:
+Part = Literal["all", "real", "padded"]
+_POSITION_LOGITS = ("start_logits", "end_logits")  # (B, S) outputs with one value per position
+
+
+def padded_positions(name: str, shape: tuple[int, ...], mask: np.ndarray | None) -> np.ndarray | None:
+    """Where output ``name`` of ``shape`` holds padded positions (True), broadcastable to it; None when it has no
+    position axis or ``mask`` (the batch's ``attention_mask``, rows flattened: (rows, length)) pads nothing.
+
+    Hidden states and token logits (rows, length, ...) and start/end logits (rows, length) are padded in the
+    rows of padded positions; attention maps (rows, heads, queries, keys) in the rows of padded queries."""
+    if mask is None or mask.all():
+        return None
+    rows, length = mask.shape
+    pad = mask == 0
+    kind = name.split(".")[0]
+    if kind in ("attentions", "cross_attentions") and len(shape) == 4 and (shape[0], shape[2]) == (rows, length):
+        return pad[:, None, :, None]
+    if shape[:2] == (rows, length) and (len(shape) >= 3 or kind in _POSITION_LOGITS):
+        return pad.reshape(rows, length, *([1] * (len(shape) - 2)))
+    return None
+
+
+def max_abs_diff(
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], mask: np.ndarray | None = None, part: Part = "all"
+) -> Diff:
+    """The largest |a - b| over the outputs of both; with the batch's attention ``mask``, over the ``real`` or
+    the ``padded`` positions only (see :func:`padded_positions`; ``padded`` skips outputs without positions)."""
     only = sorted(set(a) ^ set(b))
     if only:
         return Diff(float("inf"), "only in one: " + ", ".join(only))
@@ -139,7 +172,13 @@ def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Di
     for name in a:
         if a[name].shape != b[name].shape:
             return Diff(float("inf"), f"{name} shapes {a[name].shape} vs {b[name].shape}")
-        value = float(np.max(np.abs(a[name] - b[name]), initial=0.0))
+        diff = np.abs(a[name] - b[name])
+        pad = None if part == "all" else padded_positions(name, diff.shape, mask)
+        if part == "padded" and pad is None:
+            continue
+        if pad is not None:
+            diff = np.where(pad if part == "padded" else ~pad, diff, 0.0)
+        value = float(np.max(diff, initial=0.0))
         if not value <= worst.value:  # NaN counts as the worst
             worst = Diff(value if value == value else float("inf"), name)
     return worst
@@ -211,6 +250,8 @@ class ParityResult:
     ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     diverges_at: Diff | None = None  # when not ok: the first graph node whose output is beyond tolerance
+    padded: Diff | None = None  # the worst difference at padded positions (decides only with include_padding)
+    include_padding: bool = False  # whether torch_vs_flax and vs_reference cover the padded positions
 
     @property
     def worst(self) -> Diff | None:
@@ -231,6 +272,8 @@ class ParityResult:
             "torch_vs_flax": None if self.torch_vs_flax is None else self.torch_vs_flax.to_dict(),
             "vs_reference": None if self.vs_reference is None else self.vs_reference.to_dict(),
             "first_divergence": None if self.diverges_at is None else self.diverges_at.to_dict(),
+            "padded_positions": None if self.padded is None else self.padded.to_dict(),
+            "include_padding": self.include_padding,
             "ms_per_forward": self.ms,
         }
 
@@ -247,32 +290,41 @@ def compare(
     reference: torch.nn.Module | None = None,
     tolerance: float = TOLERANCE,
     repeats: int = 5,
+    include_padding: bool = False,
 ) -> ParityResult:
     """Run both backends (and ``reference``) on ``batch``; diffs over every output, fastest ms per forward.
 
-    ``vs_reference`` is the worse of torch-vs-reference and flax-vs-reference.
+    ``vs_reference`` is the worse of torch-vs-reference and flax-vs-reference. The diffs that decide cover
+    the real positions of ``batch`` (every position with ``include_padding``); ``padded`` is the worst
+    difference at its padded positions, reported apart.
     """
     runners = {"torch": torch_runner(torch_model, batch), "flax": flax_runner(flax_model, batch)}
     if reference is not None:
         runners["reference"] = torch_runner(reference, batch)
     outputs = {name: flatten_outputs(run()) for name, run in runners.items()}
+    mask = batch.get("attention_mask")
+    mask = None if mask is None else np.asarray(mask).reshape(-1, np.shape(mask)[-1])
+    part: Part = "all" if include_padding else "real"
+    pairs = [("torch", "flax")] + ([("torch", "reference"), ("flax", "reference")] if reference is not None else [])
+    diffs = {pair: max_abs_diff(outputs[pair[0]], outputs[pair[1]], mask, part) for pair in pairs}
+    padded = [max_abs_diff(outputs[a], outputs[b], mask, "padded") for a, b in pairs]
     vs_reference = None
     if reference is not None:
-        ref = outputs["reference"]
-        diffs = (max_abs_diff(outputs["torch"], ref), max_abs_diff(outputs["flax"], ref))
-        vs_reference = max(diffs, key=lambda d: d.value)
+        vs_reference = max(diffs[("torch", "reference")], diffs[("flax", "reference")], key=lambda d: d.value)
     graph = torch_model.graph
     result = ParityResult(
         family=graph.family,
         task=graph.task,
         tolerance=tolerance,
-        torch_vs_flax=max_abs_diff(outputs["torch"], outputs["flax"]),
+        torch_vs_flax=diffs[("torch", "flax")],
         vs_reference=vs_reference,
         ms={name: best_ms(run, repeats) for name, run in runners.items()},
+        padded=max(padded, key=lambda d: d.value) if mask is not None and not mask.all() else None,
+        include_padding=include_padding,
     )
-    pairs = [("torch", "flax")] + ([("torch", "reference"), ("flax", "reference")] if reference is not None else [])
     for a, b in pairs if not result.ok else ():
-        result.diverges_at = first_divergence(graph, outputs[a], outputs[b], tolerance, f"{a} vs {b}")
+        where = (mask, part)
+        result.diverges_at = first_divergence(graph, outputs[a], outputs[b], tolerance, f"{a} vs {b}", *where)
         if result.diverges_at is not None:
             break
     return result
@@ -306,12 +358,19 @@ def forward_order(graph: ModelGraph) -> list[tuple[str, str]]:
 
 
 def first_divergence(
-    graph: ModelGraph, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], tolerance: float, pair: str
+    graph: ModelGraph,
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    tolerance: float,
+    pair: str,
+    mask: np.ndarray | None = None,
+    part: Part = "all",
 ) -> Diff | None:
-    """The first node in :func:`forward_order` whose output differs by more than ``tolerance``, if any."""
+    """The first node in :func:`forward_order` whose output differs by more than ``tolerance``, if any (over
+    ``part`` of the positions, as :func:`max_abs_diff`)."""
     for output, node in forward_order(graph):
         if output in a and output in b:
-            diff = max_abs_diff({output: a[output]}, {output: b[output]})
+            diff = max_abs_diff({output: a[output]}, {output: b[output]}, mask, part)
             if diff.value > tolerance:
                 return Diff(diff.value, f"{node} ({output}, {pair})")
     return None
@@ -325,6 +384,7 @@ def small_parity(
     with_reference: bool = True,
     batch_size: int = 2,
     length: int = 16,
+    include_padding: bool = False,
 ) -> ParityResult:
     """``family``/``task`` at the small size with random weights from ``seed``, on a padded batch."""
     config = small_config(family, task)
@@ -336,7 +396,7 @@ def small_parity(
             save_pretrained(torch_model, tmp)
             reference = hf_torch_model(tmp, family.name, task)
     batch = make_batch(config, task, batch_size, length, seed)
-    return compare(torch_model, flax_model, batch, reference, tolerance)
+    return compare(torch_model, flax_model, batch, reference, tolerance, include_padding=include_padding)
 
 
 def checkpoint_parity(
@@ -348,6 +408,7 @@ def checkpoint_parity(
     seed: int = 0,
     tolerance: float = TOLERANCE,
     with_reference: bool = True,
+    include_padding: bool = False,
 ) -> ParityResult:
     """An HF checkpoint directory loaded into both backends, compared on ``batch`` (or a seeded one).
 
@@ -355,6 +416,8 @@ def checkpoint_parity(
     torch layout; for another task (whose head the checkpoint lacks) or a flax checkpoint (which HF PyTorch
     does not read) it loads our torch model's weights, so all three share every weight.
     """
+    if task is None:  # the checkpoint's own HF class (a sentence-transformers directory's too: its transformer)
+        task = task_for_checkpoint(config_from_hf(path)) or "base"
     torch_model = from_pretrained(path, backend="torch", task=task)
     flax_model = from_pretrained(path, backend="flax", task=task)
     config = torch_model.config
@@ -370,7 +433,7 @@ def checkpoint_parity(
             with tempfile.TemporaryDirectory(prefix="tandem-parity-") as tmp:
                 save_pretrained(torch_model, tmp)
                 reference = hf_torch_model(tmp, family.name, task)
-    return compare(torch_model, flax_model, batch, reference, tolerance)
+    return compare(torch_model, flax_model, batch, reference, tolerance, include_padding=include_padding)
 
 
 def json_report(results: Sequence[ParityResult], reference: str | None) -> dict[str, Any]:
@@ -380,13 +443,14 @@ def json_report(results: Sequence[ParityResult], reference: str | None) -> dict[
 
 def format_table(results: Sequence[ParityResult], reference: str | None) -> str:
     """One row per model: max |diff| torch-vs-flax and vs HF, fastest ms per forward, ok/FAIL."""
-    header = ("family", "task", "torch-flax", "vs HF", "torch ms", "flax ms", "HF ms", "")
+    header = ("family", "task", "torch-flax", "vs HF", "padded", "torch ms", "flax ms", "HF ms", "")
     rows = [header] + [
         (
             r.family,
             r.task,
             _cell(r.torch_vs_flax and r.torch_vs_flax.value, ".2e"),
             _cell(r.vs_reference and r.vs_reference.value, ".2e"),
+            _cell(r.padded and r.padded.value, ".2e") + ("" if r.include_padding or r.padded is None else "*"),
             _cell(r.ms.get("torch"), ".2f"),
             _cell(r.ms.get("flax"), ".2f"),
             _cell(r.ms.get("reference"), ".2f"),
@@ -406,6 +470,8 @@ def format_table(results: Sequence[ParityResult], reference: str | None) -> str:
     lines += [
         "",
         "max |diff| over every output (logits, hidden states, attentions); ms: fastest of 5 forwards after warm-up",
+        "padded: max |diff| at padded positions (attention_mask 0); counted in the columns before it only with "
+        "--include-padding (*: not counted)",
         f"reference: {reference or 'none'}; tolerance {tolerances}",
         *(f"FAIL {r.family} {r.task}: {_failure(r)}" for r in failures),
         f"{len(results) - len(failures)}/{len(results)} within tolerance",
