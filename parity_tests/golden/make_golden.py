@@ -94,6 +94,35 @@ SQUEEZEBERT_CLASSES = {
     "token_classification": "SqueezeBertForTokenClassification",
     "question_answering": "SqueezeBertForQuestionAnswering",
 }
+
+
+def _roberta_classes(name: str) -> dict[str, str]:
+    """RoBERTa's classes as XLM-RoBERTa, CamemBERT and RoBERTa-PreLayerNorm copy them under their ``name``."""
+    tasks = ("SequenceClassification", "MultipleChoice", "TokenClassification", "QuestionAnswering")
+    return {
+        "base": f"{name}Model",
+        "masked_lm": f"{name}ForMaskedLM",
+        "causal_lm": f"{name}ForCausalLM",
+        **{_snake(task): f"{name}For{task}" for task in tasks},
+    }
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+# pad_token_id 1 (RoBERTa's): the word and position tables both have a padding row.
+ROBERTA_CONFIG = {
+    "vocab_size": 97,
+    "hidden_size": 36,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 3,
+    "intermediate_size": 53,
+    "max_position_embeddings": 41,
+    "type_vocab_size": 3,
+    "num_labels": 5,
+    "pad_token_id": 1,
+}
 DECODER = {"is_decoder": True}
 CROSS = {"is_decoder": True, "add_cross_attention": True}
 UNTIED = {"tie_word_embeddings": False}
@@ -102,6 +131,26 @@ UNTIED = {"tie_word_embeddings": False}
 # untied MLMs pin the one layout difference tying makes (torch decoder.weight is its own tensor, flax gains
 # <head>/decoder/kernel); the causal LMs are decoders, with and without cross-attention.
 FAMILIES: dict[str, Family] = {
+    **{
+        family: Family(
+            f"{name}Config",
+            _roberta_classes(name),
+            _flax(_roberta_classes(name)),
+            ROBERTA_CONFIG,
+            {
+                **_tasks(_roberta_classes(name)),
+                "masked_lm_untied": ("masked_lm", UNTIED),
+                "causal_lm": ("causal_lm", DECODER),
+                "causal_lm_cross_attention": ("causal_lm", CROSS),
+            },
+        )
+        for family, name in (
+            ("roberta", "Roberta"),
+            ("xlm-roberta", "XLMRoberta"),
+            ("camembert", "Camembert"),
+            ("roberta-prelayernorm", "RobertaPreLayerNorm"),
+        )
+    },
     "bert": Family(
         "BertConfig",
         BERT_CLASSES,
