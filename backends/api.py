@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from ..core.checkpoint import match_weights, read_weights, save_checkpoint, task_for_checkpoint
 from ..core.config import FamilyConfig
 from ..core.families import build_graph, config_from_hf
 from ..core.hub import resolve
 from ..core.io import FORMATS, Format, checkpoint_directory, parse_size
-from ..core.params import init_params
+from ..core.params import init_params, param_entries
 from ..core.sentence import SENTENCE_TASK, sentence_task
+from ..core.sharding import Rules
 from . import load_backend
 
 Backend = Literal["torch", "flax", "nnx"]
@@ -50,6 +53,8 @@ def build(
     dtype: DType = "float32",
     pooling: str | Sequence[str] | None = None,
     normalize: bool | None = None,
+    mesh: Any = None,
+    rules: str | Rules | None = None,
 ) -> Any:
     """A fresh model of ``config`` for ``task`` with HF's initialisation, drawn from ``seed``.
 
@@ -68,9 +73,29 @@ def build(
     _, task, sentence = sentence_task(None, task, pooling, normalize)
     graph = build_graph(config, task, sentence)
     adapter = load_backend(backend)
+    sharded = {} if mesh is None else {"mesh": mesh, "rules": rules}
+    weights = init_params(graph, seed) if mesh is None else _Fresh(graph, seed)
     if backend == "nnx":  # the module owns its dropout randomness
-        return adapter.create(graph, config, init_params(graph, seed), dtype, seed=seed)
-    return adapter.create(graph, config, init_params(graph, seed), dtype)
+        return adapter.create(graph, config, weights, dtype, seed=seed, **sharded)
+    return adapter.create(graph, config, weights, dtype, **sharded)
+
+
+class _Fresh(Mapping[str, np.ndarray]):
+    """Fresh weights made one parameter at a time when read: a sharded model copies its slice of each and
+    drops it, so no rank holds all of them."""
+
+    def __init__(self, graph: Any, seed: int) -> None:
+        self.graph, self.seed = graph, seed
+        self.keys_ = [entry.key for entry in param_entries(graph)]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return init_params(self.graph, self.seed, only={key})[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
 
 
 def from_pretrained(
@@ -82,6 +107,8 @@ def from_pretrained(
     revision: str | None = None,
     pooling: str | Sequence[str] | None = None,
     normalize: bool | None = None,
+    mesh: Any = None,
+    rules: str | Rules | None = None,
     **config_overrides: Any,
 ) -> Any:
     """Load an HF checkpoint directory into ``backend``: ``config.json`` plus weights in any HF format
@@ -118,6 +145,8 @@ def from_pretrained(
     checkpoint = read_weights(directory)
     resize = bool(config_overrides)  # a head resized by the overrides is re-initialised
     weights, _ = match_weights(graph, config, checkpoint, checkpoint_task, strict, reinitialise_mismatched_heads=resize)
+    if mesh is not None:  # each rank reads its slices of the memory-mapped weights
+        return adapter.create(graph, config, weights, dtype, mesh=mesh, rules=rules)
     return adapter.create(graph, config, weights, dtype)
 
 
@@ -131,6 +160,9 @@ def save_pretrained(
     index as HF does. The checkpoint is written into a staging folder and moved into place when complete,
     so a failure never leaves a half-written checkpoint; the move removes weights of any other format in
     ``path``, which then holds exactly this checkpoint (``docs/reliability.md``).
+
+    A model sharded on a torch DeviceMesh: call it on every rank; the tensors are gathered one at a time and
+    rank 0 writes the full checkpoint (``docs/scale-out.md``).
     """
     graph = getattr(model, "graph", None)
     if graph is None:
@@ -141,6 +173,10 @@ def save_pretrained(
         parse_size(max_shard_size)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike naming a directory, got {type(path).__name__}")
-    weights = load_backend(model.backend).export(model)
+    adapter = load_backend(model.backend)
     task = "base" if graph.task == SENTENCE_TASK else graph.task  # the pooling head has no weights
+    if getattr(model, "sharding", None) is not None and hasattr(adapter, "save_sharded"):
+        adapter.save_sharded(model, path, task, format, max_shard_size)  # every rank calls it; rank 0 writes
+        return
+    weights = adapter.export(model)
     save_checkpoint(path, model.config, task, weights, format=format, max_shard_size=max_shard_size)

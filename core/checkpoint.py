@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -376,7 +376,7 @@ def save_checkpoint(
     directory: str | Path,
     config: FamilyConfig,
     task: str,
-    weights: Mapping[str, np.ndarray],
+    weights: Mapping[str, np.ndarray | Deferred],
     format: Format = "safetensors",
     max_shard_size: int | str | None = None,
 ) -> list[str]:
@@ -394,10 +394,17 @@ def save_checkpoint(
     layout: Layout = "flax" if format == "msgpack" else "torch"
     tensors: dict[str, np.ndarray | Deferred] = {}
     for entry in param_entries(graph):
-        value = np.asarray(weights[entry.key])
+        value = weights[entry.key]  # an array, or a Deferred made when written (a sharded model's gather)
         if layout == "torch":
-            tensors[entry.key] = value
+            tensors[entry.key] = value if isinstance(value, Deferred) else np.asarray(value)
+        elif isinstance(value, Deferred):
+            made = partial(_transposed, value.source, entry.permutation("flax"))
+            tensors[entry.name("flax")] = Deferred(entry.flax_shape, value.dtype, made)
         else:
-            view = np.transpose(value, entry.permutation("flax"))
-            tensors[entry.name("flax")] = Deferred(entry.flax_shape, value.dtype, partial(np.asarray, view))
+            view = np.transpose(np.asarray(value), entry.permutation("flax"))
+            tensors[entry.name("flax")] = Deferred(entry.flax_shape, view.dtype, partial(np.asarray, view))
     return write_checkpoint(directory, tensors, format, layout, max_shard_size=max_shard_size, files=files)
+
+
+def _transposed(source: Callable[[], np.ndarray], permutation: tuple[int, ...]) -> np.ndarray:
+    return np.transpose(source(), permutation)

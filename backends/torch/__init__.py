@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +18,20 @@ from .model import TorchModel
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def create(graph: ModelGraph, config: FamilyConfig, weights: Mapping[str, np.ndarray], dtype: str) -> TorchModel:
-    """A :class:`TorchModel` holding ``weights`` (canonical HF PyTorch keys), in eval mode."""
+def create(
+    graph: ModelGraph,
+    config: FamilyConfig,
+    weights: Mapping[str, np.ndarray],
+    dtype: str,
+    mesh: Any = None,
+    rules: Any = None,
+) -> TorchModel:
+    """A :class:`TorchModel` holding ``weights`` (canonical HF PyTorch keys), in eval mode; with ``mesh`` (a
+    ``DeviceMesh``), sharded on it by ``rules`` (``sharding.py``)."""
+    if mesh is not None:
+        from . import sharding  # torch.distributed only when asked for
+
+        return sharding.create(graph, config, weights, _DTYPES[dtype], mesh, rules)
     model = TorchModel(graph, config, weights)
     if dtype != "float32":
         model = model.to(_DTYPES[dtype])
@@ -35,4 +49,11 @@ def export(model: TorchModel) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["TorchModel", "create", "decoder_session", "export", "to_numpy"]
+def save_sharded(model: TorchModel, path: str | Path, task: str, format: str, max_shard_size: Any) -> None:
+    """Write the full checkpoint of a sharded model: every rank calls it, rank 0 writes (``sharding.save``)."""
+    from . import sharding
+
+    sharding.save(model, path, task, format, max_shard_size)
+
+
+__all__ = ["TorchModel", "create", "decoder_session", "export", "save_sharded", "to_numpy"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,13 +20,21 @@ from . import nodes as ops
 from .arrays import TorchOps, as_tensor, spec
 
 
+class Scope(nn.Module):
+    """A container module along a parameter path; calling it runs ``fn(*args)`` inside its hooks (a sharded
+    model runs each layer through its scope, so that FSDP gathers the layer's parameters around it)."""
+
+    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+
 def _attach(root: nn.Module, key: str, param: nn.Parameter) -> None:
-    """Register ``param`` at dotted ``key``, creating plain container modules along the way."""
+    """Register ``param`` at dotted ``key``, creating :class:`Scope` containers along the way."""
     *scopes, name = key.split(".")
     module = root
     for scope in scopes:
         if scope not in module._modules:
-            module.add_module(scope, nn.Module())
+            module.add_module(scope, Scope())
         module = module._modules[scope]
     module.register_parameter(name, param)
 
@@ -47,13 +55,20 @@ class TorchModel(nn.Module, PretrainedMethods):
     """
 
     backend = "torch"
+    sharding: Any = None  # a sharded model's :class:`~.sharding.Sharding` (how its calls read parameters)
 
-    def __init__(self, graph: n.ModelGraph, config: FamilyConfig, weights: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self, graph: n.ModelGraph, config: FamilyConfig, weights: Mapping[str, np.ndarray] | None
+    ) -> None:
+        """``weights=None``: parameters on the meta device, to be sharded and filled (``sharding.py``)."""
         super().__init__()
         self.graph = graph
         self.config = config
         for entry in param_entries(graph):
-            value = torch.from_numpy(np.array(weights[entry.key], copy=True))
+            if weights is None:
+                value = torch.empty(entry.spec.shape, device="meta")
+            else:
+                value = torch.from_numpy(np.array(weights[entry.key], copy=True))
             _attach(self, entry.key, nn.Parameter(value))
         for alias, canonical in torch_aliases(graph).items():
             _attach(self, alias, self.get_parameter(canonical))
@@ -138,6 +153,8 @@ class TorchModel(nn.Module, PretrainedMethods):
             block_sparse=plan.block_sparse,
             block_sparse_seed=block_sparse_seed,
         )
+        if self.sharding is not None:
+            self.sharding.prepare(self, ctx)
         rows = arrays["input_ids"] if input_ids is not None else arrays["inputs_embeds"]
         runtime = Runtime("torch", ops.IMPLS, TorchOps(rows.device, next(iter(params.values())).dtype), ctx)
         out = run_call(

@@ -52,6 +52,10 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+def _run_directly(fn: Callable[..., LayerOutput], *args: Any) -> LayerOutput:
+    return fn(*args)
+
+
 @dataclass
 class Context:
     """Per-call state: the parameters, the mode and what to record."""
@@ -62,6 +66,10 @@ class Context:
     output_hidden_states: bool
     block_sparse: bool = False  # this call runs block-sparse layers (decided by the backbone's policy)
     block_sparse_seed: int = 0  # seeds the random-block plan in training
+    # A sharded model (sharding.py) runs each layer through its module, so that FSDP's hooks gather its
+    # parameters, and projections through its registry (tensor-parallel matmuls).
+    run_layer: Callable[..., LayerOutput] = _run_directly
+    impls: dict[type, Callable[..., Any]] | None = None
     _biases: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
 
     def get(self, path: str, name: str) -> Tensor:
@@ -97,7 +105,7 @@ def conv1x1(node: n.GroupedConv1x1, path: str, x: Tensor, ctx: Context) -> Tenso
 
 def project(node: n.Projection, path: str, x: Tensor, ctx: Context) -> Tensor:
     """A position-wise projection of any registered kind (dense, grouped 1x1 convolution)."""
-    return lookup(IMPLS, "torch", node, path)(node, path, x, ctx)
+    return lookup(ctx.impls or IMPLS, "torch", node, path)(node, path, x, ctx)
 
 
 def layer_norm(node: n.LayerNorm, path: str, x: Tensor, ctx: Context) -> Tensor:
@@ -279,7 +287,8 @@ def encoder(
     for step, rows in zip(node.schedule, node.head_mask_index, strict=True):
         for index, row in zip(step, rows, strict=True):
             layer = node.layers[index]
-            run = transformer_layer(
+            run = ctx.run_layer(
+                transformer_layer,
                 layer,
                 n.join(path, layer.path),
                 x,
