@@ -7,6 +7,8 @@ from .families.albert import AlbertConfig
 from .families.bert import BertConfig
 from .families.big_bird import BigBirdConfig
 from .families.camembert import CamembertConfig
+from .families.distilbert import DistilBertConfig
+from .families.electra import ElectraConfig
 from .families.roberta import RobertaConfig
 from .families.roberta_prelayernorm import RobertaPreLayerNormConfig
 from .families.squeezebert import SqueezeBertConfig
@@ -21,6 +23,8 @@ __all__ = [
     "BertConfig",
     "BigBirdConfig",
     "CamembertConfig",
+    "DistilBertConfig",
+    "ElectraConfig",
     "CheckpointError",
     "Family",
     "FamilyConfig",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
-from .nodes import ClassificationLoss, Loss, ModelGraph, SentencePooling, SkipPaddingPositions, join
+from .nodes import ATTENTION_MASK, ClassificationLoss, Loss, ModelGraph, SentencePooling, SkipPaddingPositions, join
 from .validation import check_positions, check_shapes
 
 Array = Any  # a torch.Tensor or a jax.Array: core never looks inside
@@ -399,7 +399,9 @@ def run_call(
         if encoded.cross_attentions:
             out["cross_attentions"] = tuple(encoded.cross_attentions)
     if plan.losses:
-        out = {"loss": sum(rt(term, "", out, labels) for term in plan.losses), **out}
+        # Loss terms read their labels and, for a term that weighs positions, the attention mask as given.
+        given = {**labels, ATTENTION_MASK: inputs["attention_mask"] if plan.mask_given else None}
+        out = {"loss": sum(rt(term, "", out, given) for term in plan.losses), **out}
     return out
 
 

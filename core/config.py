@@ -103,7 +103,7 @@ class FamilyConfig(BaseModel):
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF ``config.json`` contents (``model_type``, ``id2label``/``label2id`` included)."""
-        data = self.model_dump()
+        data = self.model_dump(by_alias=True)  # HF's field names where a family's differ from ours
         num_labels = data.pop("num_labels")
         id2label = data.get("id2label")
         if not isinstance(id2label, dict) or len(id2label) != num_labels:

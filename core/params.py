@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .nodes import LMHead, ModelGraph, Node, NormalInit, OnesInit, ParamSpec, join
+from .nodes import LMHead, ModelGraph, Node, NormalInit, OnesInit, ParamSpec, SinusoidalInit, join
 
 Layout = Literal["torch", "flax"]
 
@@ -124,12 +124,26 @@ def init_params(
             value = rng.standard_normal(spec.shape, dtype=np.float32) * np.float32(spec.init.std)
         elif isinstance(spec.init, OnesInit):
             value = np.ones(spec.shape, np.float32)
+        elif isinstance(spec.init, SinusoidalInit):
+            value = sinusoidal_table(*spec.shape)
         else:
             value = np.zeros(spec.shape, np.float32)
         if spec.zero_row is not None:
             value[spec.zero_row] = 0.0
         out[entry.key] = value
     return out
+
+
+def sinusoidal_table(positions: int, features: int) -> np.ndarray:
+    """HF's fixed position table (``create_sinusoidal_embeddings``): angles ``pos / 10000 ** (2 * (j // 2) /
+    features)`` in float64, ``sin`` on even features and ``cos`` on odd ones, then float32."""
+    pos = np.arange(positions, dtype=np.float64)[:, None]
+    j = np.arange(features)[None, :]
+    angles = pos / np.power(10000, 2 * (j // 2) / features)
+    table = np.empty((positions, features), np.float32)
+    table[:, 0::2] = np.sin(angles[:, 0::2])
+    table[:, 1::2] = np.cos(angles[:, 1::2])
+    return table
 
 
 def to_flax_tree(

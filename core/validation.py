@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .nodes import ClassificationLoss, CrossEntropyLoss, ModelGraph, SpanLoss
+from .nodes import BinaryCrossEntropyLoss, ClassificationLoss, CrossEntropyLoss, ModelGraph, SpanLoss
 
 IntRange = tuple[int, int]  # (min, max) of an integer array
 
@@ -102,6 +102,9 @@ def _check_label_shapes(graph: ModelGraph, labels: Mapping[str, Any], rows: tupl
         elif isinstance(term, CrossEntropyLoss):
             shape, _ = _label_size(graph, term.logits, rows)
             _need(labels, term.labels, shape, int_only=True)
+        elif isinstance(term, BinaryCrossEntropyLoss):  # 0/1 targets of any real dtype, one per logit
+            shape, _ = _label_size(graph, term.logits, rows)
+            _need(labels, term.labels, shape, int_only=False)
         elif isinstance(term, ClassificationLoss) and term.labels in labels:
             spec = labels[term.labels]
             integer = spec.kind in ("int", "bool") and term.num_labels > 1 and term.problem_type != "regression"

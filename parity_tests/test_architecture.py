@@ -42,7 +42,8 @@ def test_backends_name_no_family() -> None:
 def test_backends_register_the_same_node_kinds() -> None:
     assert set(torch_nodes.IMPLS) == set(flax_nodes.IMPLS)
     assert all(
-        issubclass(kind, (n.Node, n.CrossEntropyLoss, n.ClassificationLoss, n.SpanLoss)) for kind in torch_nodes.IMPLS
+        issubclass(kind, (n.Node, n.CrossEntropyLoss, n.ClassificationLoss, n.SpanLoss, n.BinaryCrossEntropyLoss))
+        for kind in torch_nodes.IMPLS
     )
 
 

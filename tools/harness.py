@@ -228,6 +228,10 @@ def case_batch(
         mask_patterns=reference.mask_patterns,
         problem=problem,
     )
+    if not reference.token_types:
+        del out.inputs["token_type_ids"]
+    if "next_sentence_label" in out.labels and reference.pair_label is None:  # replaced-token detection
+        out.labels = {"labels": np.random.default_rng(seed).integers(0, 2, out.inputs["input_ids"].shape)}
     if "next_sentence_label" in out.labels:
         out.labels[reference.pair_label] = out.labels.pop("next_sentence_label")
     if reference.question_separator and loaded.task == "question_answering":
@@ -362,7 +366,7 @@ def run_case(case: Case, loaded: Loaded) -> None:
     check_parity(loaded, batch, hf_flax=case.hf_flax, hf_flax_lacks=case.hf_flax_lacks)
     if case.inputs_embeds:
         ids = batch.inputs["input_ids"]
-        width = loaded.config.get("embedding_size", loaded.config["hidden_size"])
+        width = getattr(loaded.hf.config, "embedding_size", loaded.hf.config.hidden_size)
         embeds = np.random.default_rng(7).standard_normal((*ids.shape, width)).astype(np.float32)
         inputs = {k: v for k, v in batch.inputs.items() if k != "input_ids"}
         check_parity(loaded, Batch({**inputs, "inputs_embeds": embeds}, batch.labels), hf_flax=False)
@@ -386,7 +390,7 @@ def check_parity(loaded: Loaded, batch: Batch, hf_flax: bool = True, hf_flax_lac
     ours_flax = run_flax(loaded.flax, batch, **FLAGS)
     if loaded.task != "base" and "loss" not in reference:
         raise AssertionError("the batch should make HF compute a loss")
-    if f"hidden_states.{loaded.config['num_hidden_layers']}" not in reference:
+    if f"hidden_states.{loaded.hf.config.num_hidden_layers}" not in reference:
         raise AssertionError(f"HF returned no last hidden state: {sorted(reference)}")
     same_fields(f"{name} torch vs HF torch", ours_torch, reference)
     same_fields(f"{name} flax vs HF torch", ours_flax, reference)

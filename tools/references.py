@@ -48,8 +48,10 @@ class Reference:
         task_config: per task, config on top of ``tiny`` and :data:`TASK_CONFIG`.
         has_flax: whether HF has Flax classes for the family.
         mask_patterns: the attention-mask rows its batches cycle through (see ``harness.make_batch``).
-        pair_label: the label of the pretraining head's sentence-pair classifier.
+        pair_label: the label of the pretraining head's sentence-pair classifier; None: the pretraining head
+            is a replaced-token detector, labelled 0/1 per token.
         question_separator: question answering finds the question's end at the first ``sep_token_id``.
+        token_types: whether HF's classes take ``token_type_ids`` (batches leave them out otherwise).
     """
 
     name: str
@@ -57,8 +59,9 @@ class Reference:
     task_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     has_flax: bool = True
     mask_patterns: tuple[int, ...] = (0, 1, 2, 3, 4)
-    pair_label: str = "next_sentence_label"
+    pair_label: str | None = "next_sentence_label"
     question_separator: bool = False
+    token_types: bool = True
 
     @property
     def family(self) -> Family:
@@ -182,6 +185,36 @@ REFERENCES: dict[str, Reference] = {
         # zero-context) attention map is rounding noise in any implementation, so batches have none.
         mask_patterns=(0, 1, 2, 4),
         question_separator=True,
+    ),
+    "electra": Reference(
+        "electra",
+        {
+            "vocab_size": 89,
+            "embedding_size": 20,  # not hidden_size: embeddings_project is a real projection
+            "hidden_size": 36,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 3,
+            "intermediate_size": 47,
+            "hidden_act": "gelu",  # the generator's activation in HF Flax (HF PyTorch: gelu whatever this says)
+            "max_position_embeddings": 40,
+            "type_vocab_size": 3,
+            "initializer_range": 0.2,
+        },
+        pair_label=None,  # the discriminator: one 0/1 label per token, no sentence-pair label
+    ),
+    "distilbert": Reference(
+        "distilbert",
+        {
+            "vocab_size": 93,
+            "dim": 36,
+            "n_layers": 2,
+            "n_heads": 3,
+            "hidden_dim": 53,
+            "activation": "gelu",
+            "max_position_embeddings": 40,
+            "initializer_range": 0.2,
+        },
+        token_types=False,
     ),
 }
 

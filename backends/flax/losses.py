@@ -39,11 +39,25 @@ def classification_loss(term: n.ClassificationLoss, path: str, outputs: Mapping,
         if term.num_labels == 1:
             return jnp.mean((logits.reshape(-1) - target.reshape(-1)) ** 2)
         return jnp.mean((logits - target) ** 2)
-    if term.problem_type == "single_label_classification":
-        return _cross_entropy(logits, target.astype(jnp.int32), -100)
-    target = target.astype(jnp.float32)
-    # BCE-with-logits in the stable form torch uses: max(x, 0) - x*y + log(1 + exp(-|x|)).
-    return jnp.mean(jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+    return jnp.mean(_binary_cross_entropy(logits, target.astype(jnp.float32)))
+
+
+def _binary_cross_entropy(logits: Array, target: Array) -> Array:
+    """Per-entry BCE-with-logits in the stable form torch uses: max(x, 0) - x*y + log(1 + exp(-|x|))."""
+    return jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def binary_cross_entropy_loss(
+    term: n.BinaryCrossEntropyLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any
+) -> Array:
+    """Over the positions whose attention mask is 1 (NaN when there are none, as torch), else over all."""
+    logits = outputs[term.logits].astype(jnp.float32)
+    losses = _binary_cross_entropy(logits, labels[term.labels].reshape(logits.shape).astype(jnp.float32))
+    mask = labels.get(n.ATTENTION_MASK)
+    if mask is None:
+        return jnp.mean(losses)
+    active = mask[:, -logits.shape[1] :] == 1  # the positions of this call
+    return jnp.sum(jnp.where(active, losses, 0.0)) / jnp.sum(active)
 
 
 def span_loss(term: n.SpanLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any) -> Array:
@@ -62,4 +76,5 @@ LOSSES: dict[type, Callable[..., Any]] = {
     n.CrossEntropyLoss: cross_entropy_loss,
     n.ClassificationLoss: classification_loss,
     n.SpanLoss: span_loss,
+    n.BinaryCrossEntropyLoss: binary_cross_entropy_loss,
 }

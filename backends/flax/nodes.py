@@ -153,7 +153,10 @@ def embeddings(
     ctx: Context,
 ) -> Array:
     def lookup(table: n.Embed, ids: Array) -> Array:
-        out = ctx.cast(jnp.take(ctx.get(n.join(path, table.path))["embedding"], ids, axis=0))
+        weights = ctx.get(n.join(path, table.path))["embedding"]
+        if table.table == "sinusoidal":  # a fixed table: no gradient, as HF PyTorch's requires_grad=False
+            weights = jax.lax.stop_gradient(weights)
+        out = ctx.cast(jnp.take(weights, ids, axis=0))
         if table.padding_idx is None:
             return out
         # The padding row gets no gradient from lookups, as HF PyTorch's nn.Embedding(padding_idx).
@@ -441,8 +444,12 @@ def dense_head(node: n.DenseHead, path: str, inputs: HeadInputs, ctx: Context) -
     return linear(node.dense, n.join(path, node.dense.path), dropout(x, node.dropout, ctx), ctx)
 
 
+_POOL = {"first": lambda x: x[:, 0], "last": lambda x: x[:, -1], "mean": lambda x: jnp.mean(x, 1), "none": lambda x: x}
+
+
 def classification_head(node: n.ClassificationHead, path: str, inputs: HeadInputs, ctx: Context) -> Array:
-    y = dropout(inputs.sequence[:, 0], node.dropout, ctx)
+    first = node.dropout if node.input_dropout is None else node.input_dropout
+    y = dropout(_POOL[node.pool](inputs.sequence), first, ctx)
     y = ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), y, ctx))
     return linear(node.out_proj, n.join(path, node.out_proj.path), dropout(y, node.dropout, ctx), ctx)
 

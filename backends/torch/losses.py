@@ -47,8 +47,22 @@ def span_loss(term: n.SpanLoss, path: str, outputs: Mapping, labels: Mapping, ct
     return (total[0] + total[1]) / 2
 
 
+def binary_cross_entropy_loss(
+    term: n.BinaryCrossEntropyLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any
+) -> Tensor:
+    """Over the positions whose attention mask is 1 (HF selects them, then averages), else over all."""
+    logits = outputs[term.logits].float()
+    target = labels[term.labels].reshape(logits.shape).to(torch.float32)
+    mask = labels.get(n.ATTENTION_MASK)
+    if mask is None:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    active = mask[:, -logits.shape[1] :] == 1  # the positions of this call
+    return F.binary_cross_entropy_with_logits(logits[active], target[active])
+
+
 LOSSES: dict[type, Callable[..., Any]] = {
     n.CrossEntropyLoss: cross_entropy_loss,
     n.ClassificationLoss: classification_loss,
     n.SpanLoss: span_loss,
+    n.BinaryCrossEntropyLoss: binary_cross_entropy_loss,
 }

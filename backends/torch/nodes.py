@@ -133,8 +133,8 @@ def embeddings(
         word = word * node.word_scale
     terms = {
         "word": lambda: word,
-        "token_type": lambda: F.embedding(token_type_ids, ctx.get(n.join(path, node.token_type.path), "weight")),
-        "position": lambda: F.embedding(position_ids, ctx.get(n.join(path, node.position.path), "weight")),
+        "token_type": lambda: F.embedding(token_type_ids, _table(node.token_type, path, ctx)),
+        "position": lambda: F.embedding(position_ids, _table(node.position, path, ctx)),
     }
     out = terms[node.sum_order[0]]()
     for name in node.sum_order[1:]:
@@ -142,6 +142,12 @@ def embeddings(
     if node.dropout_before_norm:
         return layer_norm(node.norm, n.join(path, node.norm.path), dropout(out, node.dropout, ctx), ctx)
     return dropout(layer_norm(node.norm, n.join(path, node.norm.path), out, ctx), node.dropout, ctx)
+
+
+def _table(node: n.Embed, path: str, ctx: Context) -> Tensor:
+    """An embedding table; a fixed (sinusoidal) one passes no gradient, as HF's ``requires_grad=False``."""
+    weight = ctx.get(n.join(path, node.path), "weight")
+    return weight.detach() if node.table == "sinusoidal" else weight
 
 
 def mask_bias(node: n.Attention, mask: Tensor, query_len: int, dtype: torch.dtype) -> Tensor:
@@ -327,8 +333,17 @@ def dense_head(node: n.DenseHead, path: str, inputs: HeadInputs, ctx: Context) -
     return linear(node.dense, n.join(path, node.dense.path), dropout(x, node.dropout, ctx), ctx)
 
 
+_POOL: dict[str, Callable[[Tensor], Tensor]] = {
+    "first": lambda x: x[:, 0],
+    "last": lambda x: x[:, -1],
+    "mean": lambda x: x.mean(dim=1),
+    "none": lambda x: x,
+}
+
+
 def classification_head(node: n.ClassificationHead, path: str, inputs: HeadInputs, ctx: Context) -> Tensor:
-    y = dropout(inputs.sequence[:, 0], node.dropout, ctx)
+    first = node.dropout if node.input_dropout is None else node.input_dropout
+    y = dropout(_POOL[node.pool](inputs.sequence), first, ctx)
     y = ACTIVATIONS[node.activation](linear(node.dense, n.join(path, node.dense.path), y, ctx))
     return linear(node.out_proj, n.join(path, node.out_proj.path), dropout(y, node.dropout, ctx), ctx)
 

@@ -10,7 +10,18 @@ from typing import Any
 from ..config import FamilyConfig, parse_hf_config
 from ..nodes import ModelGraph
 from ..sentence import SENTENCE_TASK, SentenceSpec, sentence_embedding_graph
-from . import albert, bert, big_bird, camembert, roberta, roberta_prelayernorm, squeezebert, xlm_roberta
+from . import (
+    albert,
+    bert,
+    big_bird,
+    camembert,
+    distilbert,
+    electra,
+    roberta,
+    roberta_prelayernorm,
+    squeezebert,
+    xlm_roberta,
+)
 from .tasks import Task
 
 
@@ -47,6 +58,8 @@ FAMILIES: dict[str, Family] = {
         Family("albert", albert.AlbertConfig, albert.build_albert, albert.TASKS),
         Family("big_bird", big_bird.BigBirdConfig, big_bird.build_big_bird, big_bird.TASKS),
         Family("squeezebert", squeezebert.SqueezeBertConfig, squeezebert.build_squeezebert, squeezebert.TASKS),
+        Family("electra", electra.ElectraConfig, electra.build_electra, electra.TASKS),
+        Family("distilbert", distilbert.DistilBertConfig, distilbert.build_distilbert, distilbert.TASKS),
         Family("roberta", roberta.RobertaConfig, roberta.build_roberta, roberta.TASKS),
         Family("xlm-roberta", xlm_roberta.XLMRobertaConfig, xlm_roberta.build_xlm_roberta, xlm_roberta.TASKS),
         Family("camembert", camembert.CamembertConfig, camembert.build_camembert, camembert.TASKS),

@@ -16,11 +16,14 @@ from .base import (
     NormalInit,
     OnesInit,
     ParamSpec,
+    SinusoidalInit,
     ZerosInit,
     join,
 )
 from .graph import ModelGraph
 from .heads import (
+    ATTENTION_MASK,
+    BinaryCrossEntropyLoss,
     POOLING_MODES,
     ClassificationHead,
     ClassificationLoss,
@@ -60,6 +63,9 @@ from .layers import (
 )
 
 __all__ = [
+    "ATTENTION_MASK",
+    "BinaryCrossEntropyLoss",
+    "SinusoidalInit",
     "ACTIVATIONS",
     "Activation",
     "AddNorm",

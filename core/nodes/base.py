@@ -63,7 +63,14 @@ class OnesInit(_Frozen):
     kind: Literal["ones"] = "ones"
 
 
-Init = Annotated[NormalInit | ZerosInit | OnesInit, Field(discriminator="kind")]
+class SinusoidalInit(_Frozen):
+    """A fixed (positions, features) table: ``sin`` on even features, ``cos`` on odd ones, of
+    ``pos / 10000 ** (2 * (j // 2) / features)`` computed in float64 (HF's ``create_sinusoidal_embeddings``)."""
+
+    kind: Literal["sinusoidal"] = "sinusoidal"
+
+
+Init = Annotated[NormalInit | ZerosInit | OnesInit | SinusoidalInit, Field(discriminator="kind")]
 
 
 class ParamSpec(_Frozen):

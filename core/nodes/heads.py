@@ -74,7 +74,13 @@ class DenseHead(Node):
 
 
 class ClassificationHead(Node):
-    """``out_proj(dropout(act(dense(dropout(h[:, 0])))))``: a two-layer head on the first token."""
+    """``out_proj(dropout(act(dense(input_dropout(pool(h))))))``: a two-layer head on the sequence output.
+
+    ``pool`` reduces the sequence (B, S, H) first: ``first`` takes ``h[:, 0]``, ``last`` ``h[:, -1]``,
+    ``mean`` averages every position (padding included, as HF's ``SequenceSummary``); ``none`` keeps every
+    position (a per-token head). ``input_dropout`` is the dropout before ``dense`` (None: ``dropout``);
+    ``split`` cuts the last axis into named outputs (``("logits",)`` drops a size-1 axis).
+    """
 
     kind: Literal["classification_head"] = "classification_head"
     dropout: float
@@ -82,9 +88,15 @@ class ClassificationHead(Node):
     activation: Activation
     out_proj: Linear
     output: str
+    pool: Literal["first", "last", "mean", "none"] = "first"
+    input_dropout: float | None = None
+    split: tuple[str, ...] | None = None
 
     def outputs(self) -> dict[str, tuple[bool, int]]:
-        return {self.output: (False, self.out_proj.out_features)}
+        per_token = self.pool == "none"
+        if self.split is not None:
+            return {name: (per_token, 1) for name in self.split}
+        return {self.output: (per_token, self.out_proj.out_features)}
 
 
 class QuestionMask(_Frozen):
@@ -190,7 +202,22 @@ class SpanLoss(_Frozen):
     end_positions: str = "end_positions"
 
 
-Loss = Annotated[CrossEntropyLoss | ClassificationLoss | SpanLoss, Field(discriminator="kind")]
+class BinaryCrossEntropyLoss(_Frozen):
+    """Mean binary cross-entropy with logits of per-token ``logits`` (B, S) against 0/1 ``labels`` (cast to
+    float) over the positions whose attention mask is 1, or every position when the call gives no mask: HF
+    PyTorch's replaced-token-detection loss. The mask comes in among the labels, under :data:`ATTENTION_MASK`."""
+
+    kind: Literal["binary_cross_entropy"] = "binary_cross_entropy"
+    logits: str
+    labels: str
+
+
+# Where run_call hands loss terms the call's attention mask, next to the labels (None when not given).
+ATTENTION_MASK = "attention_mask"
+
+Loss = Annotated[
+    CrossEntropyLoss | ClassificationLoss | SpanLoss | BinaryCrossEntropyLoss, Field(discriminator="kind")
+]
 
 
 def loss_labels(loss: Loss) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .base import Activation, FlaxRule, Node, NormalInit, OnesInit, ParamSpec, ZerosInit, _Frozen
+from .base import Activation, FlaxRule, Node, NormalInit, OnesInit, ParamSpec, SinusoidalInit, ZerosInit, _Frozen
 
 
 # ----------------------------------------------------------------------------------------- leaves
@@ -92,6 +92,8 @@ class Embed(Node):
     init_std: float = 0.02
     padding_idx: int | None = None
     axes: tuple[str, str] = ("vocab", "embed")  # logical axes of the rows and the features
+    # sinusoidal: a fixed table (SinusoidalInit), still a checkpoint parameter, that no gradient reaches (HF: frozen)
+    table: Literal["learned", "sinusoidal"] = "learned"
 
     flax_rules: ClassVar[dict[str, FlaxRule]] = {"weight": FlaxRule(name="embedding")}
 
@@ -101,7 +103,7 @@ class Embed(Node):
                 name="weight",
                 shape=(self.num_embeddings, self.features),
                 axes=self.axes,
-                init=NormalInit(std=self.init_std),
+                init=SinusoidalInit() if self.table == "sinusoidal" else NormalInit(std=self.init_std),
                 zero_row=self.padding_idx,
             )
         ]

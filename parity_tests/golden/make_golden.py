@@ -123,9 +123,37 @@ ROBERTA_CONFIG = {
     "num_labels": 5,
     "pad_token_id": 1,
 }
+ELECTRA_CLASSES = {
+    "base": "ElectraModel",
+    "pretraining": "ElectraForPreTraining",
+    "masked_lm": "ElectraForMaskedLM",
+    "causal_lm": "ElectraForCausalLM",
+    "sequence_classification": "ElectraForSequenceClassification",
+    "multiple_choice": "ElectraForMultipleChoice",
+    "token_classification": "ElectraForTokenClassification",
+    "question_answering": "ElectraForQuestionAnswering",
+}
+DISTILBERT_CLASSES = {
+    "base": "DistilBertModel",
+    "masked_lm": "DistilBertForMaskedLM",
+    "sequence_classification": "DistilBertForSequenceClassification",
+    "multiple_choice": "DistilBertForMultipleChoice",
+    "token_classification": "DistilBertForTokenClassification",
+    "question_answering": "DistilBertForQuestionAnswering",
+}
+MODERNBERT_CLASSES = {
+    "base": "ModernBertModel",
+    "masked_lm": "ModernBertForMaskedLM",
+    "sequence_classification": "ModernBertForSequenceClassification",
+    "multiple_choice": "ModernBertForMultipleChoice",
+    "token_classification": "ModernBertForTokenClassification",
+    "question_answering": "ModernBertForQuestionAnswering",
+}
+MODERNBERT_BIASES = {"attention_bias": True, "mlp_bias": True, "norm_bias": True, "classifier_bias": True}
 DECODER = {"is_decoder": True}
 CROSS = {"is_decoder": True, "add_cross_attention": True}
 UNTIED = {"tie_word_embeddings": False}
+SINUSOIDAL = {"sinusoidal_pos_embds": True}
 
 # Distinct sizes everywhere, so that a transposed or swapped tensor cannot keep its shape by accident. The
 # untied MLMs pin the one layout difference tying makes (torch decoder.weight is its own tensor, flax gains
@@ -242,6 +270,51 @@ FAMILIES: dict[str, Family] = {
         },
         _tasks(SQUEEZEBERT_CLASSES),
     ),
+    "electra": Family(
+        "ElectraConfig",
+        ELECTRA_CLASSES,
+        _flax(ELECTRA_CLASSES),
+        # embedding_size != hidden_size: the embeddings_project Linear exists (the second base manifest pins
+        # that it does not when they are equal).
+        {
+            "vocab_size": 97,
+            "embedding_size": 20,
+            "hidden_size": 36,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 3,
+            "intermediate_size": 53,
+            "max_position_embeddings": 41,
+            "type_vocab_size": 3,
+            "num_labels": 5,
+        },
+        {
+            **_tasks(ELECTRA_CLASSES),
+            "base_unfactorised": ("base", {"embedding_size": 36}),
+            "masked_lm_untied": ("masked_lm", UNTIED),
+            "causal_lm": ("causal_lm", DECODER),
+            "causal_lm_cross_attention": ("causal_lm", CROSS),
+        },
+    ),
+    "distilbert": Family(
+        "DistilBertConfig",
+        DISTILBERT_CLASSES,
+        _flax(DISTILBERT_CLASSES),
+        {
+            "vocab_size": 97,
+            "dim": 36,
+            "n_layers": 2,
+            "n_heads": 3,
+            "hidden_dim": 53,
+            "max_position_embeddings": 41,
+            "num_labels": 5,
+        },
+        {
+            **_tasks(DISTILBERT_CLASSES),
+            "masked_lm_untied": ("masked_lm", UNTIED),
+            "base_sinusoidal": ("base", SINUSOIDAL),
+            "masked_lm_sinusoidal": ("masked_lm", SINUSOIDAL),
+        },
+    ),
 }
 
 
@@ -299,6 +372,15 @@ def _pooler_absent(family: Family, torch_keys: list[str], flax_keys: list[str]) 
     return sorted([k, list(np.shape(v))] for k, v in full.items() if k.startswith(f"{prefix}/pooler/"))
 
 
+def _fixed_table_absent(family: Family, flax_class: str, overrides: Mapping[str, Any]) -> list[list[Any]]:
+    """A sinusoidal position table (DistilBERT's ``sinusoidal_pos_embds``): HF PyTorch keeps it as a frozen
+    parameter, HF Flax computes it; these are the entries of the learned table at the same path in HF Flax."""
+    if not overrides.get("sinusoidal_pos_embds"):
+        return []
+    learned = _flax_params(flax_class, _hf_config(family, {**overrides, "sinusoidal_pos_embds": False}))
+    return sorted([k, list(np.shape(v))] for k, v in learned.items() if k.endswith("/position_embeddings/embedding"))
+
+
 def manifest(family_name: str, task: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     family = FAMILIES[family_name]
     config_kwargs = {**family.config, **overrides}
@@ -326,7 +408,15 @@ def manifest(family_name: str, task: str, overrides: Mapping[str, Any]) -> dict[
     flax_params = _flax_params(flax_class, _hf_config(family, overrides))
     flax_entries = sorted([k, list(np.shape(v))] for k, v in flax_params.items())
     absent = _pooler_absent(family, [k for k, _ in torch_entries], [k for k, _ in flax_entries])
-    if absent:
+    fixed = _fixed_table_absent(family, flax_class, overrides)
+    if fixed:
+        absent = sorted(absent + fixed)
+        out["flax_pooler_absent_reason"] = (
+            f"HF Flax {flax_class} computes the sinusoidal position table while HF PyTorch "
+            f"{family.classes[task]} keeps it as a frozen parameter; these are the learned table's params of HF "
+            f"Flax {flax_class} at the same path"
+        )
+    elif absent:
         out["flax_pooler_absent_reason"] = (
             f"HF Flax {flax_class} has no pooler while HF PyTorch {family.classes[task]} has one; these are "
             f"the pooler params of HF Flax {family.flax_classes['pretraining']} at the same path"
