@@ -145,9 +145,7 @@ def test_config_overrides_resize_the_head(checkpoints: harness.CheckpointCache) 
     logits = {}
     for backend in BACKENDS:
         with pytest.warns(UserWarning, match=r"re-initialised.*classifier\.weight \(checkpoint \(2, 36\)"):
-            model = tandem.from_pretrained(
-                loaded.directory, backend=backend, id2label=labels, hidden_dropout_prob=0.25
-            )
+            model = tandem.from_pretrained(loaded.directory, backend=backend, id2label=labels, hidden_dropout_prob=0.25)
         assert model.config.num_labels == 5 and model.config.hidden_dropout_prob == 0.25
         assert model.config.to_hf_dict()["id2label"] == {str(k): v for k, v in labels.items()}
         assert model.config.to_hf_dict()["label2id"] == {v: k for k, v in labels.items()}
@@ -191,3 +189,64 @@ def test_model_methods(backend: str, tmp_path: Path, checkpoints: harness.Checkp
     again = tandem.from_pretrained(tmp_path / backend, backend="torch")
     for key, value in loaded.torch.state_dict().items():
         np.testing.assert_array_equal(again.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def tokenized(directory: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tokenized batch of all-MiniLM-L6-v2 that needs padding, as an ``.npz`` for ``--inputs``."""
+    from tokenizers import Tokenizer
+
+    sentences = ["A man is eating food.", "Hi", "The new movie is awesome, and so is its soundtrack."]
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    encodings = tokenizer.encode_batch(sentences)
+    batch = {
+        name: np.array([getattr(e, attr) for e in encodings])
+        for name, attr in (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
+    }
+    assert batch["attention_mask"].min() == 0
+    path = tmp_path_factory.mktemp("parity") / "batch.npz"
+    np.savez(path, **batch)
+    return path
+
+
+def test_parity_on_a_real_padded_batch(directory: Path, tokenized: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The parity-in-CI recipe on the real checkpoint and a real padded batch passes at 1e-4: the padded
+    positions are reported apart and decide only with --include-padding."""
+    import json
+
+    from tandem.tools.cli import main
+
+    assert main(["parity", str(directory), "--inputs", str(tokenized), "--tol", "1e-4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    real, padded = result["torch_vs_flax"]["max_abs_diff"], result["padded_positions"]["max_abs_diff"]
+    reference = result["vs_reference"]["max_abs_diff"]
+    harness.record("MiniLM tandem parity, real positions (torch-flax, vs HF)", max(real, reference))
+    harness.record("MiniLM tandem parity, padded positions", padded)
+    assert max(real, reference) <= 1e-5 and not result["include_padding"]
+    assert padded > real  # the padded positions differ more, and are left out of the decision
+
+    argv = ["parity", str(directory), "--inputs", str(tokenized), "--tol", f"{padded / 2}", "--json"]
+    assert main([*argv, "--include-padding"]) == 1
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["include_padding"] and result["torch_vs_flax"]["max_abs_diff"] >= padded * 0.99
+
+
+def test_padded_positions_by_output_kind() -> None:
+    from tandem.tools.parity import max_abs_diff, padded_positions
+
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    assert padded_positions("hidden_states.1", (2, 3, 8), mask).shape == (2, 3, 1)
+    assert padded_positions("attentions.0", (2, 4, 3, 3), mask).shape == (2, 1, 3, 1)
+    assert padded_positions("start_logits", (2, 3), mask).shape == (2, 3)
+    assert padded_positions("logits", (2, 3), mask) is None  # sequence logits: no positions
+    assert padded_positions("pooler_output", (2, 3, 3)[:2], mask) is None
+    assert padded_positions("hidden_states.1", (2, 3, 8), np.ones((2, 3))) is None
+    a = {"hidden_states.0": np.zeros((2, 3, 2)), "pooler_output": np.zeros((2, 2))}
+    b = {
+        "hidden_states.0": np.where(mask[..., None] == 0, 5.0, 1.0) * np.ones((2, 3, 2)),
+        "pooler_output": a["pooler_output"] + 2,
+    }
+    assert max_abs_diff(a, b, mask, "real").value == 2.0
+    assert max_abs_diff(a, b, mask, "padded").value == 5.0
+    assert max_abs_diff(a, b).value == 5.0

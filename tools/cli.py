@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     parity.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch (default 0)")
     parity.add_argument("--inputs", help="with PATH: an .npz of input_ids [attention_mask, token_type_ids...]")
     parity.add_argument("--no-reference", action="store_true", help="skip the HF transformers reference")
+    parity.add_argument(
+        "--include-padding",
+        action="store_true",
+        help="let the padded positions (attention_mask 0) decide too; by default their max |diff| is reported "
+        "apart (the 'padded' column), as nothing reads them",
+    )
     parity.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
 
     inspect = commands.add_parser(
@@ -159,7 +165,9 @@ def _parity(args: argparse.Namespace) -> int:
         if args.path is None:
             for family, task in _small_models(args.family, args.task):
                 try:
-                    result = parity.small_parity(family, task, args.seed, tol, with_reference, args.batch, args.length)
+                    result = parity.small_parity(
+                        family, task, args.seed, tol, with_reference, args.batch, args.length, args.include_padding
+                    )
                 except Exception as err:  # one broken model is a FAIL row; the others still run
                     result = parity.failed(family.name, task, tol, err)
                 results.append(result)
@@ -169,7 +177,15 @@ def _parity(args: argparse.Namespace) -> int:
             batch = parity.load_batch(args.inputs) if args.inputs else None
             results.append(
                 parity.checkpoint_parity(
-                    args.path, args.task, batch, args.batch, args.length, args.seed, tol, with_reference
+                    args.path,
+                    args.task,
+                    batch,
+                    args.batch,
+                    args.length,
+                    args.seed,
+                    tol,
+                    with_reference,
+                    args.include_padding,
                 )
             )
     reference = f"transformers {parity.reference_version()}" if with_reference else None
