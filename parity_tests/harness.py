@@ -28,6 +28,7 @@ from tandem.tools.harness import hf_torch_grads as hf_torch_grads
 from tandem.tools.harness import load as load
 from tandem.tools.harness import make_batch as make_batch
 from tandem.tools.harness import max_abs_diff as max_abs_diff
+from tandem.tools.harness import nnx_grads as nnx_grads
 from tandem.tools.harness import record as record
 from tandem.tools.harness import run_case as run_case
 from tandem.tools.harness import run_flax as run_flax

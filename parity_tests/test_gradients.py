@@ -49,7 +49,7 @@ def _batch(case: dict[str, Any], loaded: harness.Loaded, padding: str) -> harnes
 
 @pytest.mark.parametrize("padding", list(PADDINGS))
 @pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
-def test_torch_vs_flax_gradients(case: dict[str, Any], padding: str, checkpoints: harness.CheckpointCache) -> None:
+def test_torch_vs_jax_gradients(case: dict[str, Any], padding: str, checkpoints: harness.CheckpointCache) -> None:
     loaded = checkpoints.get(case["task"], **case.get("config", {}))
     batch = _batch(case, loaded, padding)
     loss_t, grads_t = harness.torch_grads(loaded.torch, batch)
@@ -59,6 +59,10 @@ def test_torch_vs_flax_gradients(case: dict[str, Any], padding: str, checkpoints
     # Every parameter the graph declares gets a gradient (no parameter silently outside the loss).
     assert set(grads_t) == {e.key for e in param_entries(loaded.torch.graph)}
     harness.compare_grads("grad flax vs torch", grads_f, grads_t)
+    if padding == "with_fully_masked_row":  # NNX's differentiation is nnx.grad's; one padding is enough
+        loss_n, grads_n = harness.nnx_grads(loaded.nnx, batch)
+        harness.compare("loss nnx vs torch", {"loss": np.float32(loss_n)}, {"loss": np.float32(loss_t)})
+        harness.compare_grads("grad nnx vs torch", grads_n, grads_t)
 
 
 @pytest.mark.parametrize("padding", list(PADDINGS))

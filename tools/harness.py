@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 import torch
+from flax import nnx
 
 from .. import from_pretrained
 from ..core.params import from_flax_tree, param_entries
@@ -182,6 +183,7 @@ class Loaded:
     hf: torch.nn.Module
     torch: Any
     flax: Any
+    nnx: Any
     _hf_flax: HFFlax | None = None
 
     @property
@@ -201,16 +203,16 @@ def load(
     perturb: float = 0.05,
 ) -> Loaded:
     """Make HF's model for ``task`` (the family's tiny config plus ``overrides``), save it to ``directory``
-    with HF ``save_pretrained`` and load that checkpoint with tandem in both backends."""
+    with HF ``save_pretrained`` and load that checkpoint with tandem in its three backends."""
     hf = make_hf_model(family, task, overrides, seed, perturb)
     hf.save_pretrained(directory, safe_serialization=True)
     with quiet():  # a BigBird decoder's note that it runs full attention
-        torch_model = from_pretrained(directory, backend="torch")
-        flax_model = from_pretrained(directory, backend="flax")
-    if torch_model.task != task or flax_model.task != task:
-        raise AssertionError(f"{directory} loads as {torch_model.task} (torch), {flax_model.task} (flax), not {task}")
+        models = [from_pretrained(directory, backend=backend) for backend in ("torch", "flax", "nnx")]
+    if any(model.task != task for model in models):
+        loads = ", ".join(f"{model.task} ({model.backend})" for model in models)
+        raise AssertionError(f"{directory} loads as {loads}, not {task}")
     reference = REFERENCES[family]
-    return Loaded(reference, task, directory, reference.config(task, overrides), hf, torch_model, flax_model)
+    return Loaded(reference, task, directory, reference.config(task, overrides), hf, *models)
 
 
 def case_batch(
@@ -284,7 +286,7 @@ def run_torch(model: torch.nn.Module, batch: Batch, with_labels: bool = True, **
 
 
 def run_flax(model: Any, batch: Batch, with_labels: bool = True, **flags: Any) -> dict[str, np.ndarray]:
-    """A tandem flax model's outputs on ``batch``; ``flags`` are call arguments."""
+    """A tandem JAX model's (linen or NNX) outputs on ``batch``; ``flags`` are call arguments."""
     return flatten_outputs(model(**batch.numpy(with_labels), **flags))
 
 
@@ -373,11 +375,12 @@ def run_case(case: Case, loaded: Loaded) -> None:
 
 
 def check_parity(loaded: Loaded, batch: Batch, hf_flax: bool = True, hf_flax_lacks: Sequence[str] = ()) -> None:
-    """HF PyTorch (eager attention) vs tandem torch vs tandem flax (vs HF Flax) on ``batch``, every output.
+    """HF PyTorch (eager attention) vs tandem torch, linen and NNX (vs HF Flax) on ``batch``, every output.
 
-    1. Hidden states and attentions requested: every HF PyTorch output (the loss included) vs tandem torch
-       and tandem flax, and tandem torch vs flax; the field sets must agree.
-    2. With ``hf_flax`` where HF has Flax classes for the family: HF Flax vs all three on everything it
+    1. Hidden states and attentions requested: every HF PyTorch output (the loss included) vs tandem torch,
+       flax (linen) and NNX, and tandem torch vs flax vs NNX; the field sets must agree. (Linen and NNX
+       share compiled programs, so the NNX column costs no compilation.)
+    2. With ``hf_flax`` where HF has Flax classes for the family: HF Flax vs all four on everything it
        returns, which must be HF PyTorch's fields but the loss (HF Flax has none) and ``hf_flax_lacks``.
     3. The call without hidden states/attentions, HF vs tandem torch (which then takes its fused attention
        kernel; flax runs one code path whatever it records).
@@ -388,15 +391,19 @@ def check_parity(loaded: Loaded, batch: Batch, hf_flax: bool = True, hf_flax_lac
     reference = run_torch(hf, batch, **FLAGS)
     ours_torch = run_torch(loaded.torch, batch, **FLAGS)
     ours_flax = run_flax(loaded.flax, batch, **FLAGS)
+    ours_nnx = run_flax(loaded.nnx, batch, **FLAGS)
     if loaded.task != "base" and "loss" not in reference:
         raise AssertionError("the batch should make HF compute a loss")
     if f"hidden_states.{loaded.hf.config.num_hidden_layers}" not in reference:
         raise AssertionError(f"HF returned no last hidden state: {sorted(reference)}")
     same_fields(f"{name} torch vs HF torch", ours_torch, reference)
     same_fields(f"{name} flax vs HF torch", ours_flax, reference)
+    same_fields(f"{name} nnx vs HF torch", ours_nnx, reference)
     compare(f"{name} torch vs HF torch", ours_torch, reference)
     compare(f"{name} flax vs HF torch", ours_flax, reference)
+    compare(f"{name} nnx vs HF torch", ours_nnx, reference)
     compare(f"{name} torch vs flax", ours_torch, ours_flax)
+    compare(f"{name} nnx vs flax", ours_nnx, ours_flax)
 
     if hf_flax and loaded.reference.has_flax:
         hf_flax_out = run_hf_flax(loaded.hf_flax, batch, **FLAGS)
@@ -404,6 +411,7 @@ def check_parity(loaded: Loaded, batch: Batch, hf_flax: bool = True, hf_flax_lac
         compare(f"{name} HF flax vs HF torch", hf_flax_out, reference, fields=list(hf_flax_out))
         compare(f"{name} torch vs HF flax", ours_torch, hf_flax_out)
         compare(f"{name} flax vs HF flax", ours_flax, hf_flax_out)
+        compare(f"{name} nnx vs HF flax", ours_nnx, hf_flax_out)
 
     plain_hf = run_torch(hf, batch)
     plain_torch = run_torch(loaded.torch, batch)
@@ -454,6 +462,14 @@ def flax_grads(model: Any, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
         _GRAD_FNS[id(model)] = (model, jax.jit(jax.value_and_grad(loss_fn)))
     loss, tree = _GRAD_FNS[id(model)][1](model.params, batch.numpy())
     return float(loss), from_flax_tree(model.graph, tree)
+
+
+def nnx_grads(model: Any, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
+    """The loss and gradients from ``nnx.value_and_grad`` of the NNX module's call (wrt its ``nnx.Param``s),
+    in torch layout under HF PyTorch keys."""
+    arrays = batch.numpy()
+    loss, state = nnx.value_and_grad(lambda m: m(**arrays).loss)(model)
+    return float(loss), from_flax_tree(model.graph, nnx.to_pure_dict(state))
 
 
 def compare_grads(kind: str, ours: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> dict[str, float]:
