@@ -134,7 +134,8 @@ def embeddings(
     terms = {
         "word": lambda: word,
         "token_type": lambda: F.embedding(token_type_ids, _table(node.token_type, path, ctx)),
-        "position": lambda: F.embedding(position_ids, _table(node.position, path, ctx)),
+        # padding_idx: the padding row gets no gradient (a position table has one in some families, as in HF)
+        "position": lambda: F.embedding(position_ids, _table(node.position, path, ctx), node.position.padding_idx),
     }
     out = terms[node.sum_order[0]]()
     for name in node.sum_order[1:]:
