@@ -6,7 +6,8 @@ the whole batch) and sharded on the case's mesh (run on this rank's rows of the 
 ``"data"`` when the mesh has it, else the whole batch), and records the largest difference of the logits,
 of every gradient and of every parameter after one ``torch.optim.AdamW`` step, then of the checkpoint
 ``save_pretrained`` writes from the sharded model (every rank calls it) and of the logits of that checkpoint
-loaded back sharded. The test asserts on the JSON each rank writes.
+loaded back sharded; and that ``tandem.build`` with the mesh gives the unsharded build's weights. The test
+asserts on the JSON each rank writes.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def check_case(case: dict[str, Any], work: Path, rank: int) -> dict[str, float]:
     with torch.no_grad():
         expected = reference(input_ids=batch["input_ids"]).logits[rows]
         out["reloaded"] = _diff(again(input_ids=batch["input_ids"][rows]).logits, expected)
+    fresh = tandem.build(reference.config, "masked_lm", backend="torch", seed=3)
+    built = tandem.build(reference.config, "masked_lm", backend="torch", seed=3, mesh=mesh, rules=case["rules"])
+    out["build"] = max(_diff(built.get_parameter(k), fresh.get_parameter(k)) for k in ref_grads)
     return out
 
 

@@ -87,3 +87,9 @@ def test_two_processes_fsdp_and_tp(tmp_path: Path) -> None:
 def test_four_processes_fsdp_tp(tmp_path: Path, world: int) -> None:
     """``fsdp_tp`` on a 2 x 2 ("data", "model") mesh: each data group on half the batch."""
     _check(_spawn(tmp_path, world, [(family, "fsdp_tp", (2, 2), ("data", "model")) for family in CONFIGS]))
+
+
+def test_mesh_must_be_a_device_mesh() -> None:
+    config = tandem.BertConfig(**_SMALL, num_hidden_layers=1, max_position_embeddings=16)
+    with pytest.raises(TypeError, match=r"mesh must be a torch\.distributed DeviceMesh.*got tuple"):
+        tandem.build(config, backend="torch", mesh=(2,), rules="fsdp")

@@ -38,7 +38,7 @@ from ...core.checkpoint import save_checkpoint
 from ...core.config import FamilyConfig
 from ...core.io import Deferred
 from ...core.params import param_entries, torch_aliases, walk
-from ...core.sharding import DATA, ParamSharding, Rules, resolve
+from ...core.sharding import DATA, MODEL, ParamSharding, Rules, resolve
 from . import nodes as ops
 from .model import TorchModel
 
@@ -115,15 +115,23 @@ def parallel_linear(node: n.Linear, path: str, x: Tensor, ctx: ops.Context) -> T
     return F.linear(x, weight, bias).full_tensor()
 
 
-def _check_mesh(mesh: Any) -> tuple[str, ...]:
+def _check_mesh(mesh: Any, rules: str | Rules) -> tuple[str, ...]:
+    """The mesh's axis names (a 1-D mesh without names is ``"data"`` under ``fsdp``, ``"model"`` under
+    ``tp``), checked against what the torch backend can run."""
     if not isinstance(mesh, DeviceMesh):
         raise TypeError(f"mesh must be a torch.distributed DeviceMesh for the torch backend, got {type(mesh).__name__}")
-    names = mesh.mesh_dim_names
-    if not names:
-        raise ValueError("mesh must name its axes (init_device_mesh(..., mesh_dim_names=('data',)))")
     if mesh.size() != dist.get_world_size():
+        raise ValueError(f"mesh must span every process ({dist.get_world_size()}); it has {mesh.size()}")
+    names = mesh.mesh_dim_names
+    if names is None and mesh.ndim == 1 and rules in ("fsdp", "tp"):
+        names = (DATA,) if rules == "fsdp" else (MODEL,)
+    if not names:
+        raise ValueError(f"mesh must name its axes, e.g. init_device_mesh(..., mesh_dim_names=('{DATA}', '{MODEL}'))")
+    if rules == "tp" and DATA in names:
+        # Parameters replicated over "data" would get each rank's own gradients, never reduced.
         raise ValueError(
-            f"mesh must span every process ({dist.get_world_size()}); it has {mesh.size()} (axes {names})"
+            f"rules='tp' on a mesh with a '{DATA}' axis ({names}): use 'fsdp_tp' to also split the batch over "
+            f"'{DATA}', or a ('{MODEL}',) mesh"
         )
     return names
 
@@ -151,7 +159,7 @@ def create(
     weights), so no rank holds the whole model."""
     if rules is None:
         raise ValueError("rules is required with mesh: 'fsdp', 'tp', 'fsdp_tp' or (logical axis, mesh axis) pairs")
-    names = _check_mesh(mesh)
+    names = _check_mesh(mesh, rules)
     entries = param_entries(graph)
     specs = resolve(entries, dict(zip(names, mesh.shape, strict=True)), rules)
     fsdp = rules in ("fsdp", "fsdp_tp") and DATA in names
@@ -170,7 +178,7 @@ def create(
         slots[alias] = slots[canonical]
     layers: dict[str, nn.Module] = {}
     if fsdp:
-        data = mesh if len(names) == 1 else mesh[DATA]
+        data = mesh if len(names) == 1 else mesh[DATA]  # (a 1-D mesh may have no names)
         for path, node in walk(graph):
             if isinstance(node, n.TransformerLayer) and path not in layers:  # a shared layer is one unit
                 layers[path] = model.get_submodule(path)
