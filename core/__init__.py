@@ -9,6 +9,7 @@ from .families.big_bird import BigBirdConfig
 from .families.camembert import CamembertConfig
 from .families.distilbert import DistilBertConfig
 from .families.electra import ElectraConfig
+from .families.modernbert import ModernBertConfig
 from .families.roberta import RobertaConfig
 from .families.roberta_prelayernorm import RobertaPreLayerNormConfig
 from .families.squeezebert import SqueezeBertConfig
@@ -30,6 +31,7 @@ __all__ = [
     "FamilyConfig",
     "LoadReport",
     "ModelGraph",
+    "ModernBertConfig",
     "RobertaConfig",
     "RobertaPreLayerNormConfig",
     "SqueezeBertConfig",

@@ -100,7 +100,8 @@ def torch_aliases(graph: ModelGraph) -> dict[str, str]:
             decoder = join(path, node.decoder.path)
             if node.decoder.tied_to is not None:
                 aliases[join(decoder, "weight")] = join(node.decoder.tied_to, "weight")
-            aliases[join(decoder, "bias")] = join(path, "bias")
+            if node.bias:
+                aliases[join(decoder, "bias")] = join(path, "bias")
     return aliases
 
 

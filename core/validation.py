@@ -146,6 +146,8 @@ def check_values(graph: ModelGraph, ranges: Mapping[str, IntRange], num_choices:
     for name, table in _TABLES.items():
         if name not in ranges:
             continue
+        if getattr(emb, table) is None:  # a table the model does not have: the input is ignored, as HF does
+            continue
         low, high = ranges[name]
         size = getattr(emb, table).num_embeddings
         if low < 0 or high >= size:
@@ -177,6 +179,8 @@ def _check_range(name: str, value_range: IntRange, classes: int, ignore: int) ->
 
 def check_positions(graph: ModelGraph, key_length: int, positions_given: bool) -> None:
     """Default positions run up to the cached plus new length: it must fit the position table."""
+    if graph.backbone.embeddings.position is None:  # relative positions only: no table to outgrow
+        return
     size = graph.backbone.embeddings.position.num_embeddings
     rule = graph.backbone.embeddings.default_positions
     first = 0 if rule is None else rule.padding_idx + 1  # skip-padding positions start after the pad row

@@ -216,6 +216,29 @@ REFERENCES: dict[str, Reference] = {
         },
         token_types=False,
     ),
+    "modernbert": Reference(
+        "modernbert",
+        {
+            "vocab_size": 97,
+            "hidden_size": 36,
+            "num_hidden_layers": 3,  # a global layer 0, sliding-window layers 1 and 2
+            "num_attention_heads": 3,
+            "intermediate_size": 29,
+            "global_attn_every_n_layers": 3,
+            "local_attention": 4,  # a window of 2 positions each side: batches of 9 reach past it
+            "global_rope_theta": 1000.0,
+            "local_rope_theta": 50.0,
+            "attention_bias": True,  # every bias on (HF's default is none), so that each one is checked
+            "mlp_bias": True,
+            "norm_bias": True,
+            "classifier_bias": True,
+            "max_position_embeddings": 64,
+            "pad_token_id": 0,
+            "initializer_range": 0.2,
+        },
+        has_flax=False,
+        token_types=False,
+    ),
 }
 
 

@@ -18,8 +18,12 @@ from ...core import nodes as n
 from ...core.block_sparse import random_blocks
 from ...core.call import CrossInputs, EncoderOutput, HeadInputs, LayerOutput, lookup
 from .block_sparse import block_sparse_attention
+from .glu import glu
+from .local_attention import banded_attention, window_bias
 from .losses import LOSSES
 from .pooling import sentence_pooling
+from .prediction import prediction_head
+from .rotary import fused_part, rotate
 
 Array = jax.Array
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -59,6 +63,7 @@ class Context:
     block_sparse: bool = False  # this call runs block-sparse layers (decided by the backbone's policy)
     block_sparse_seed: int = 0  # seeds the random-block plan in training
     cache_index: Array | None = None  # with a fixed-size cache: the slots filled before this call
+    positions: Array | None = None  # the call's position ids (B, S), recorded by the embeddings (rotary)
     _draws: int = field(default=0)
 
     def get(self, path: str) -> Mapping[str, Array]:
@@ -131,7 +136,7 @@ def layer_norm(node: n.LayerNorm, path: str, x: Array, ctx: Context) -> Array:
     centered = xf - mean
     var = jnp.mean(centered * centered, axis=-1, keepdims=True)
     y = centered * jax.lax.rsqrt(var + node.eps)
-    return ctx.cast(y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32))
+    return ctx.cast(y * p["scale"].astype(jnp.float32) + (p["bias"].astype(jnp.float32) if node.bias else 0.0))
 
 
 def dropout(x: Array, p: float, ctx: Context) -> Array:
@@ -163,6 +168,7 @@ def embeddings(
         return jnp.where((ids == table.padding_idx)[..., None], jax.lax.stop_gradient(out), out)
 
     word = ctx.cast(inputs_embeds) if inputs_embeds is not None else lookup(node.word, input_ids)
+    ctx.positions = position_ids  # read by rotary attention
     if node.word_scale is not None:
         word = word * node.word_scale
     terms = {
@@ -193,22 +199,24 @@ def mask_bias(node: n.Attention, mask: Array, query_len: int, dtype: Any, offset
         rows = jnp.arange(query_len)[:, None] + start
         m = m * (jnp.arange(key_len)[None, :] <= rows).astype(dtype)[None, None]
     fill = jnp.finfo(dtype).min if node.mask_fill == "dtype_min" else node.mask_fill
-    bias = (1.0 - m) * jnp.asarray(fill, dtype)
+    bias = window_bias(node, (1.0 - m) * jnp.asarray(fill, dtype), query_len)
     if offset is None:
         return bias
     filled = jnp.arange(key_len) < offset + query_len
     return jnp.where(filled[None, None, None, :], bias, jnp.asarray(-jnp.inf, dtype))
 
 
-def _heads(node: n.Attention, proj: n.Projection, path: str, x: Array, ctx: Context) -> Array:
-    """(B, S, H) -> projected and split into heads (B, h, S, d)."""
-    y = project(proj, n.join(path, proj.path), x, ctx)
-    return y.reshape(x.shape[0], x.shape[1], node.num_heads, node.head_dim).transpose(0, 2, 1, 3)
+def _heads(node: n.Attention, part: str, path: str, x: Array, ctx: Context) -> Array:
+    """(B, S, H) -> the projection ``part`` (query, key, value), split into heads (B, h, S, d), rotated."""
+    proj = getattr(node, part)
+    y = fused_part(node, part, path, x, ctx) if proj is None else project(proj, n.join(path, proj.path), x, ctx)
+    y = y.reshape(x.shape[0], x.shape[1], node.num_heads, node.head_dim).transpose(0, 2, 1, 3)
+    return rotate(node, part, y, ctx.positions)
 
 
 def keys_values(node: n.Attention, path: str, states: Array, ctx: Context) -> tuple[Array, Array]:
     """The keys and values (B, h, S, d) that ``states`` (B, S, H) give."""
-    return _heads(node, node.key, path, states, ctx), _heads(node, node.value, path, states, ctx)
+    return _heads(node, "key", path, states, ctx), _heads(node, "value", path, states, ctx)
 
 
 def attention(
@@ -226,9 +234,11 @@ def attention(
     this call (see :func:`mask_bias`)."""
     b, s, _ = x.shape
     h, d = node.num_heads, node.head_dim
-    q = _heads(node, node.query, path, x, ctx)
+    q = _heads(node, "query", path, x, ctx)
     k, v = kv if kv is not None else keys_values(node, path, x, ctx)
     variant = node.variant
+    if (banded := banded_attention(node, q, k, v, mask, head_mask, offset, ctx)) is not None:
+        return banded, None
     if isinstance(variant, n.BlockSparseAttention) and ctx.block_sparse:
         plan = random_blocks(
             s // variant.block_size,
@@ -310,7 +320,7 @@ def transformer_layer(
     def feed_forward(x: Array) -> Array:
         normed = pre_norm(node.ffn_norm, path, x, ctx)
         inner = project(node.intermediate, n.join(path, node.intermediate.path), normed, ctx)
-        inner = ACTIVATIONS[node.activation](inner)
+        inner = glu(node.gated, ACTIVATIONS[node.activation], inner)
         return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
 
     x = rowwise(feed_forward, x, node.intermediate.out_features, ctx)
@@ -431,7 +441,8 @@ def lm_head(node: n.LMHead, path: str, inputs: HeadInputs, ctx: Context) -> Arra
     x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), inputs.sequence, ctx))
     x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
     decoder = node.decoder
-    bias = ctx.cast(ctx.get(path)["bias"])
+    bias_path = path if node.bias else (n.join(path, decoder.path) if decoder.bias else None)
+    bias = 0.0 if bias_path is None else ctx.cast(ctx.get(bias_path)["bias"])
     if decoder.tied_to is None:
         return jnp.matmul(x, ctx.cast(ctx.get(n.join(path, decoder.path))["kernel"])) + bias
     # Tied: contract with the (V, H) embedding directly; a transposed view would make XLA copy the table.
@@ -480,5 +491,6 @@ IMPLS: dict[type, Callable[..., Any]] = {
     n.ClassificationHead: classification_head,
     n.SpanHead: span_head,
     n.SentencePooling: sentence_pooling,
+    n.PredictionHead: prediction_head,
     **LOSSES,
 }

@@ -17,6 +17,7 @@ from . import (
     camembert,
     distilbert,
     electra,
+    modernbert,
     roberta,
     roberta_prelayernorm,
     squeezebert,
@@ -69,6 +70,7 @@ FAMILIES: dict[str, Family] = {
             roberta_prelayernorm.build_roberta_prelayernorm,
             roberta_prelayernorm.TASKS,
         ),
+        Family("modernbert", modernbert.ModernBertConfig, modernbert.build_modernbert, modernbert.TASKS),
     )
 }
 

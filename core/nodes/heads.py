@@ -23,20 +23,24 @@ class LMDecoder(Node):
     tied_to: str | None
     init_std: float = 0.02
     feature_axis: str = "embed"
+    bias: bool = False  # a bias of its own (``decoder.bias``), for heads that have none (``LMHead.bias=False``)
 
     flax_rules: ClassVar[dict[str, FlaxRule]] = {"weight": FlaxRule(name="kernel", permutation=(1, 0))}
 
     def param_specs(self) -> list[ParamSpec]:
-        if self.tied_to is not None:
-            return []
-        return [
-            ParamSpec(
-                name="weight",
-                shape=(self.vocab_size, self.in_features),
-                axes=("vocab", self.feature_axis),
-                init=NormalInit(std=self.init_std),
+        specs = []
+        if self.tied_to is None:
+            specs.append(
+                ParamSpec(
+                    name="weight",
+                    shape=(self.vocab_size, self.in_features),
+                    axes=("vocab", self.feature_axis),
+                    init=NormalInit(std=self.init_std),
+                )
             )
-        ]
+        if self.bias:
+            specs.append(ParamSpec(name="bias", shape=(self.vocab_size,), axes=("vocab",), init=ZerosInit()))
+        return specs
 
 
 class LMHead(Node):
@@ -48,8 +52,17 @@ class LMHead(Node):
     norm: LayerNorm
     decoder: LMDecoder
     output: str
+    bias: bool = True  # the head's vocabulary bias (``cls.predictions.bias``, aliased as ``decoder.bias``)
+
+    @model_validator(mode="after")
+    def _one_bias(self) -> LMHead:
+        if self.bias and self.decoder.bias:
+            raise ValueError("an LM head has one vocabulary bias: the head's or the decoder's, not both")
+        return self
 
     def param_specs(self) -> list[ParamSpec]:
+        if not self.bias:
+            return []
         return [ParamSpec(name="bias", shape=(self.decoder.vocab_size,), axes=("vocab",), init=ZerosInit())]
 
     def outputs(self) -> dict[str, tuple[bool, int]]:
@@ -128,6 +141,29 @@ class SpanHead(Node):
         return {name: (True, 1) for name in self.split}
 
 
+class PredictionHead(Node):
+    """``classifier(dropout(norm(act(dense(pool(x))))))``: a transform-and-classify head whose pooling is
+    ``first`` (position 0), ``first_unmasked`` (the first position the attention mask keeps, 0 when none),
+    ``mean`` (``sum(h * m) / sum(m)``: NaN for a row the mask keeps nothing of, as in HF PyTorch) or
+    ``none`` (one prediction per token). ``split`` cuts the last axis into named outputs (span logits)."""
+
+    kind: Literal["prediction_head"] = "prediction_head"
+    pooling: Literal["first", "first_unmasked", "mean", "none"]
+    dense: Linear
+    activation: Activation
+    norm: LayerNorm
+    dropout: float
+    classifier: Linear
+    output: str
+    split: tuple[str, ...] | None = None
+
+    def outputs(self) -> dict[str, tuple[bool, int]]:
+        per_token = self.pooling == "none"
+        if self.split is not None:
+            return {name: (per_token, 1) for name in self.split}
+        return {self.output: (per_token, self.classifier.out_features)}
+
+
 PoolingMode = Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
 POOLING_MODES: tuple[str, ...] = get_args(PoolingMode)
 
@@ -163,7 +199,9 @@ class SentencePooling(Node):
         return {self.output: (False, self.hidden_size * len(self.modes))}
 
 
-Head = Annotated[LMHead | DenseHead | ClassificationHead | SpanHead | SentencePooling, Field(discriminator="kind")]
+Head = Annotated[
+    LMHead | DenseHead | ClassificationHead | SpanHead | SentencePooling | PredictionHead, Field(discriminator="kind")
+]
 
 
 # ------------------------------------------------------------------------------------------ losses

@@ -159,6 +159,30 @@ SINUSOIDAL = {"sinusoidal_pos_embds": True}
 # untied MLMs pin the one layout difference tying makes (torch decoder.weight is its own tensor, flax gains
 # <head>/decoder/kernel); the causal LMs are decoders, with and without cross-attention.
 FAMILIES: dict[str, Family] = {
+    # HF's defaults have no biases but the decoder's; the "_biases" manifests switch every one on.
+    "modernbert": Family(
+        "ModernBertConfig",
+        MODERNBERT_CLASSES,
+        _flax(MODERNBERT_CLASSES),
+        {
+            "vocab_size": 97,
+            "hidden_size": 36,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 3,
+            "intermediate_size": 53,
+            "local_attention": 8,
+            "max_position_embeddings": 41,
+            "pad_token_id": 0,
+            "num_labels": 5,
+        },
+        {
+            **_tasks(MODERNBERT_CLASSES),
+            "base_biases": ("base", MODERNBERT_BIASES),
+            "masked_lm_biases_untied": ("masked_lm", {**MODERNBERT_BIASES, **UNTIED}),
+            "masked_lm_no_decoder_bias": ("masked_lm", {"decoder_bias": False}),
+            "sequence_classification_biases": ("sequence_classification", MODERNBERT_BIASES),
+        },
+    ),
     **{
         family: Family(
             f"{name}Config",
