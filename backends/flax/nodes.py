@@ -179,6 +179,8 @@ def embeddings(
     out = terms[node.sum_order[0]]()
     for name in node.sum_order[1:]:
         out = out + terms[name]()
+    if node.projection is not None:  # to the model width, before the norm
+        out = project(node.projection, n.join(path, node.projection.path), out, ctx)
     norm_path = n.join(path, node.norm.path)
     if node.dropout_before_norm:
         return layer_norm(node.norm, norm_path, dropout(out, node.dropout, ctx), ctx)
@@ -254,7 +256,8 @@ def attention(
         return context.transpose(0, 2, 1, 3).reshape(b, s, h * d), probs
     scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.asarray(node.score_divisor, ctx.dtype)
     scores = scores + mask_bias(node, mask, s, ctx.dtype, offset)  # (B, h, S, Sk)
-    probs = jax.nn.softmax(scores, axis=-1)
+    # In float32 and rounded once, as torch's softmax kernel computes a bfloat16/float16 input (HF: no upcast).
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(scores.dtype)
     probs = dropout(probs, node.dropout, ctx)
     if head_mask is not None:
         probs = probs * head_mask

@@ -12,6 +12,7 @@ import torch
 from ...core.config import FamilyConfig
 from ...core.nodes import ModelGraph
 from ...core.params import param_entries
+from . import relative  # noqa: F401  (registers its node kinds in IMPLS)
 from .generation import decoder_session, to_numpy
 from .model import TorchModel
 

@@ -19,8 +19,12 @@ from ...core import nodes as n
 from ...core.block_sparse import random_blocks
 from ...core.call import CrossInputs, EncoderOutput, HeadInputs, LayerOutput, lookup
 from .block_sparse import block_sparse_attention
+from .glu import glu
+from .local_attention import banded_attention, window_bias
 from .losses import LOSSES
 from .pooling import sentence_pooling
+from .prediction import prediction_head
+from .rotary import fused_part, rotate
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -66,6 +70,7 @@ class Context:
     output_hidden_states: bool
     block_sparse: bool = False  # this call runs block-sparse layers (decided by the backbone's policy)
     block_sparse_seed: int = 0  # seeds the random-block plan in training
+    positions: Tensor | None = None  # the call's position ids (B, S), recorded by the embeddings (rotary)
     # A sharded model (sharding.py) runs each layer through its module, so that FSDP's hooks gather its
     # parameters, and projections through its registry (tensor-parallel matmuls).
     run_layer: Callable[..., LayerOutput] = _run_directly
@@ -77,7 +82,7 @@ class Context:
 
     def mask_bias(self, node: n.Attention, mask: Tensor, query_len: int, dtype: torch.dtype) -> Tensor:
         """:func:`mask_bias`, built once per call for each mask and attention kind (the layers share it)."""
-        key = (id(mask), query_len, dtype, node.causal, node.mask_fill)
+        key = (id(mask), query_len, dtype, node.variant, node.mask_fill)
         if key not in self._biases:
             self._biases[key] = mask_bias(node, mask, query_len, dtype)
         return self._biases[key]
@@ -109,7 +114,7 @@ def project(node: n.Projection, path: str, x: Tensor, ctx: Context) -> Tensor:
 
 
 def layer_norm(node: n.LayerNorm, path: str, x: Tensor, ctx: Context) -> Tensor:
-    return F.layer_norm(x, (node.features,), ctx.get(path, "weight"), ctx.get(path, "bias"), node.eps)
+    return F.layer_norm(x, (node.features,), ctx.get(path, "weight"), ctx.maybe(path, "bias"), node.eps)
 
 
 def dropout(x: Tensor, p: float, ctx: Context) -> Tensor:
@@ -125,6 +130,7 @@ def embeddings(
     inputs_embeds: Tensor | None,
     ctx: Context,
 ) -> Tensor:
+    ctx.positions = position_ids  # read by rotary attention
     word = inputs_embeds
     if word is None:
         # padding_idx: the padding row gets no gradient from lookups (HF PyTorch's nn.Embedding).
@@ -140,6 +146,8 @@ def embeddings(
     out = terms[node.sum_order[0]]()
     for name in node.sum_order[1:]:
         out = out + terms[name]()
+    if node.projection is not None:  # to the model width, before the norm
+        out = project(node.projection, n.join(path, node.projection.path), out, ctx)
     if node.dropout_before_norm:
         return layer_norm(node.norm, n.join(path, node.norm.path), dropout(out, node.dropout, ctx), ctx)
     return dropout(layer_norm(node.norm, n.join(path, node.norm.path), out, ctx), node.dropout, ctx)
@@ -161,18 +169,20 @@ def mask_bias(node: n.Attention, mask: Tensor, query_len: int, dtype: torch.dtyp
         causal = (torch.arange(key_len, device=mask.device)[None, :] <= rows).to(dtype)
         m = m * causal[None, None]  # (B, 1, Sq, Sk)
     fill = torch.finfo(dtype).min if node.mask_fill == "dtype_min" else node.mask_fill
-    return (1.0 - m) * fill
+    return window_bias(node, (1.0 - m) * fill, query_len)
 
 
-def _heads(node: n.Attention, proj: n.Projection, path: str, x: Tensor, ctx: Context) -> Tensor:
-    """(B, S, H) -> projected and split into heads (B, h, S, d)."""
-    y = project(proj, n.join(path, proj.path), x, ctx)
-    return y.view(x.shape[0], x.shape[1], node.num_heads, node.head_dim).transpose(1, 2)
+def _heads(node: n.Attention, part: str, path: str, x: Tensor, ctx: Context) -> Tensor:
+    """(B, S, H) -> the projection ``part`` (query, key, value), split into heads (B, h, S, d), rotated."""
+    proj = getattr(node, part)
+    y = fused_part(node, part, path, x, ctx.params) if proj is None else project(proj, n.join(path, proj.path), x, ctx)
+    y = y.view(x.shape[0], x.shape[1], node.num_heads, node.head_dim).transpose(1, 2)
+    return rotate(node, part, y, ctx.positions)
 
 
 def keys_values(node: n.Attention, path: str, states: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
     """The keys and values (B, h, S, d) that ``states`` (B, S, H) give."""
-    return _heads(node, node.key, path, states, ctx), _heads(node, node.value, path, states, ctx)
+    return _heads(node, "key", path, states, ctx), _heads(node, "value", path, states, ctx)
 
 
 def attention(
@@ -188,9 +198,14 @@ def attention(
     the keys, e.g. a decoder's cached positions followed by the current ones."""
     b, s, _ = x.shape
     h, d = node.num_heads, node.head_dim
-    q = _heads(node, node.query, path, x, ctx)
+    q = _heads(node, "query", path, x, ctx)
     k, v = kv if kv is not None else keys_values(node, path, x, ctx)
     variant = node.variant
+    p_drop = node.dropout if ctx.training else 0.0
+    if isinstance(variant, n.SlidingWindowAttention) and head_mask is None:
+        banded = banded_attention(node, q, k, v, mask, p_drop, ctx.output_attentions)
+        if banded is not None:
+            return banded, None
     if isinstance(variant, n.BlockSparseAttention) and ctx.block_sparse:
         plan = random_blocks(
             s // variant.block_size, h, variant.num_random_blocks, ctx.training, ctx.block_sparse_seed, variant.layer
@@ -200,7 +215,6 @@ def attention(
         )
         return context.transpose(1, 2).reshape(b, s, h * d), probs
     bias = ctx.mask_bias(node, mask, s, q.dtype)
-    p_drop = node.dropout if ctx.training else 0.0
     # The fused kernel equals the eager formula up to float rounding, but its backward is wrong for rows whose
     # keys are all masked (every score at the fill value: HF's uniform softmax), which left padding makes in
     # causal layers; so it runs only when no gradient is recorded.
@@ -272,7 +286,8 @@ def transformer_layer(
         x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
         cache = (k, v, ck, cv)
     normed = pre_norm(node.ffn_norm, path, x, ctx)
-    inner = ACTIVATIONS[node.activation](project(node.intermediate, n.join(path, node.intermediate.path), normed, ctx))
+    inner = project(node.intermediate, n.join(path, node.intermediate.path), normed, ctx)
+    inner = glu(node.gated, ACTIVATIONS[node.activation], inner)
     x = add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
     return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
 
@@ -326,7 +341,8 @@ def lm_head(node: n.LMHead, path: str, inputs: HeadInputs, ctx: Context) -> Tens
     x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
     decoder = node.decoder
     weight = ctx.get(decoder.tied_to if decoder.tied_to is not None else n.join(path, decoder.path), "weight")
-    return F.linear(x, weight, ctx.get(path, "bias"))
+    bias_path = path if node.bias else (n.join(path, decoder.path) if decoder.bias else None)
+    return F.linear(x, weight, None if bias_path is None else ctx.get(bias_path, "bias"))
 
 
 def dense_head(node: n.DenseHead, path: str, inputs: HeadInputs, ctx: Context) -> Tensor:
@@ -375,5 +391,6 @@ IMPLS: dict[type, Callable[..., Any]] = {
     n.ClassificationHead: classification_head,
     n.SpanHead: span_head,
     n.SentencePooling: sentence_pooling,
+    n.PredictionHead: prediction_head,
     **LOSSES,
 }

@@ -426,7 +426,9 @@ class RelativeEncoder(Node):
             variant = layer.attention.attention.variant
             if not isinstance(variant, DisentangledAttention):
                 raise ValueError(f"{layer.path}: a relative encoder's layers use disentangled attention")
-            if variant.relative and (self.rel_embeddings is None or self.rel_embeddings.num_embeddings != 2 * variant.span):
+            if variant.relative and (
+                self.rel_embeddings is None or self.rel_embeddings.num_embeddings != 2 * variant.span
+            ):
                 raise ValueError(f"{layer.path}: relative attention needs rel_embeddings of 2 * span rows")
         return self
 

@@ -1,0 +1,128 @@
+"""Relative-position encoders in torch: disentangled attention over a shared relative-embedding table, the
+convolution beside the first layer, the input multiplied by the mask.
+
+The table rows each (query, key) pair reads come from ``tandem.core.relative`` (numpy, per length), so every
+backend gathers the same rows. Registered in the backend's ``IMPLS`` on import (the package imports it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...core import nodes as n
+from ...core.call import CrossInputs, EncoderOutput, LayerOutput
+from ...core.relative import gather_indices
+from .glu import glu
+from .nodes import ACTIVATIONS, IMPLS, Context, add_norm, dropout, layer_norm, project
+
+
+def _split(node: n.Attention, y: Tensor) -> Tensor:
+    """(B, S, H) -> (B, h, S, d)."""
+    return y.view(y.shape[0], y.shape[1], node.num_heads, node.head_dim).transpose(1, 2)
+
+
+def _proj(node: n.Attention, proj: n.Projection, path: str, x: Tensor, ctx: Context) -> Tensor:
+    return _split(node, project(proj, n.join(path, proj.path), x, ctx))
+
+
+def disentangled_attention(
+    node: n.Attention, path: str, x: Tensor, pairs: Tensor, table: Tensor | None, table_dropout: float, ctx: Context
+) -> tuple[Tensor, Tensor]:
+    """Content scores plus the relative-position terms, masked per (query, key) pair by ``pairs``
+    (B, 1, S, S) bool, softmax, dropout. ``table``: the (2 span, H) relative embeddings, dropped out per
+    layer with ``table_dropout``. Scales as HF PyTorch: keys are divided before the product."""
+    variant = node.variant
+    b, s, _ = x.shape
+    q, k, v = (_proj(node, proj, path, x, ctx) for proj in (node.query, node.key, node.value))
+    scale = node.score_divisor
+    scores = torch.matmul(q, k.transpose(-1, -2) / scale)  # (B, h, S, S)
+    if variant.relative:
+        rel = dropout(table, table_dropout, ctx)[None]  # (1, 2 span, H)
+        c2p_index, p2c_index = (torch.tensor(i, device=x.device) for i in gather_indices(s, variant))
+        bias = 0
+        if variant.c2p:
+            pos_key = _proj(node, node.key if variant.share_keys else node.pos_key, path, rel, ctx)  # (1, h, 2span, d)
+            c2p = torch.matmul(q, pos_key.transpose(-1, -2))  # (B, h, S, 2 span)
+            bias = bias + torch.gather(c2p, -1, c2p_index.expand(b, node.num_heads, s, s)) / scale
+        if variant.p2c:
+            pos_query = _proj(node, node.query if variant.share_keys else node.pos_query, path, rel, ctx)
+            p2c = torch.matmul(k, pos_query.transpose(-1, -2))  # (B, h, S, 2 span): key j, distance j - i
+            bias = bias + torch.gather(p2c, -1, p2c_index.expand(b, node.num_heads, s, s)).transpose(-1, -2) / scale
+        scores = scores + bias
+    scores = scores.masked_fill(~pairs, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)
+    probs = dropout(probs, node.dropout, ctx)
+    context = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, node.num_heads * node.head_dim)
+    return context, probs
+
+
+def relative_layer(
+    node: n.TransformerLayer,
+    path: str,
+    x: Tensor,
+    pairs: Tensor,
+    table: Tensor | None,
+    table_dropout: float,
+    ctx: Context,
+) -> LayerOutput:
+    block = node.attention
+    block_path = n.join(path, block.path)
+    attn = block.attention
+    context, probs = disentangled_attention(attn, n.join(block_path, attn.path), x, pairs, table, table_dropout, ctx)
+    x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
+    inner = project(node.intermediate, n.join(path, node.intermediate.path), x, ctx)
+    inner = glu(node.gated, ACTIVATIONS[node.activation], inner)
+    x = add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
+    return LayerOutput(hidden=x, attention=probs, cross_attention=None, cache=())
+
+
+def conv_layer(node: n.ConvLayer, path: str, x: Tensor, residual: Tensor, mask: Tensor, ctx: Context) -> Tensor:
+    """``norm(residual + act(dropout(conv(x) * m))) * m`` with ``m`` the (B, S) mask."""
+    conv = node.conv
+    conv_path = n.join(path, conv.path)
+    weight, bias = ctx.get(conv_path, "weight"), ctx.get(conv_path, "bias")
+    out = F.conv1d(x.transpose(1, 2), weight, bias, padding=(conv.kernel_size - 1) // 2, groups=conv.groups)
+    out = out.transpose(1, 2).masked_fill((mask == 0)[:, :, None], 0)
+    out = ACTIVATIONS[node.activation](dropout(out, node.dropout, ctx))
+    out = layer_norm(node.norm, n.join(path, node.norm.path), residual + out, ctx)
+    return out * mask[:, :, None].to(out.dtype)
+
+
+def relative_encoder(
+    node: n.RelativeEncoder,
+    path: str,
+    x: Tensor,
+    mask: Tensor,
+    head_mask: Tensor | None,
+    cross: CrossInputs | None,
+    past: tuple | None,
+    ctx: Context,
+) -> EncoderOutput:
+    """Mask the input, normalise the relative table once, run the layers (the conv beside the first)."""
+    if node.mask_input:
+        x = x * mask[:, :, None].to(x.dtype)
+    out = EncoderOutput(hidden=x, hidden_states=[x] if ctx.output_hidden_states else [])
+    table = None
+    if node.rel_embeddings is not None:
+        table = ctx.get(n.join(path, node.rel_embeddings.path), "weight")
+        if node.norm is not None:
+            table = layer_norm(node.norm, n.join(path, node.norm.path), table, ctx)
+    keep = mask != 0
+    pairs = (keep[:, None, :] & keep[:, :, None])[:, None]  # (B, 1, S, S): query and key both kept
+    first = x
+    for i, layer in enumerate(node.layers):
+        run = relative_layer(layer, n.join(path, layer.path), x, pairs, table, node.dropout, ctx)
+        x = run.hidden
+        if i == 0 and node.conv is not None:
+            x = conv_layer(node.conv, n.join(path, node.conv.path), first, x, mask, ctx)
+        if ctx.output_attentions:
+            out.attentions.append(run.attention)
+        if ctx.output_hidden_states:
+            out.hidden_states.append(x)
+    out.hidden = x
+    return out
+
+
+IMPLS[n.RelativeEncoder] = relative_encoder
