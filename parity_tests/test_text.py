@@ -143,6 +143,23 @@ def test_tokenizer_byte_level_bpe(bpe_directory: Path, tmp_path: Path) -> None:
         assert ours.batch_decode(ids, skip_special_tokens=skip) == theirs.batch_decode(ids, skip_special_tokens=skip)
 
 
+def test_tokenizer_from_a_hub_id_in_the_offline_cache(
+    directory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``org/name`` through HF's cache layout with ``HF_HUB_OFFLINE=1`` (nothing is downloaded)."""
+    pytest.importorskip("huggingface_hub", reason="the test extra installs huggingface_hub")
+    snapshot = tmp_path / "hub" / "models--org--minilm" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (snapshot / name).symlink_to(directory / name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = tandem.Tokenizer.from_pretrained("org/minilm")
+    _same(ours(SENTENCES, padding=True), tandem.Tokenizer.from_pretrained(directory)(SENTENCES, padding=True), "hub")
+
+
 def test_tokenizer_errors(directory: Path, tmp_path: Path) -> None:
     tok = tandem.Tokenizer.from_pretrained(directory)
     with pytest.raises(ValueError, match=r"input_ids rows have different lengths; pass padding=True"):
