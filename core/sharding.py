@@ -95,7 +95,7 @@ class ParamSharding:
 
 
 def check_rules(
-    rules: str | Rules, mesh_axes: Mapping[str, int], where: str = "rules"
+    rules: str | Rules | None, mesh_axes: Mapping[str, int], where: str = "rules"
 ) -> tuple[tuple[str, MeshAxis], ...]:
     """``rules`` (a preset name or ``(logical axis, mesh axis or None)`` pairs) as pairs over ``mesh_axes``.
 
@@ -103,6 +103,8 @@ def check_rules(
     ``fsdp``), but a preset none of whose axes the mesh has is an error; user pairs must name logical axes of
     :data:`LOGICAL_AXES` and mesh axes of the mesh. Errors name ``where`` and the offending entry.
     """
+    if rules is None:
+        raise ValueError("rules is required with mesh: 'fsdp', 'tp', 'fsdp_tp' or (logical axis, mesh axis) pairs")
     names = tuple(mesh_axes)
     for axis, size in mesh_axes.items():
         if not isinstance(axis, str) or not isinstance(size, int) or size < 1:
@@ -158,7 +160,7 @@ def _resolve_one(
 
 
 def resolve(
-    entries: Sequence[ParamEntry], mesh_axes: Mapping[str, int], rules: str | Rules
+    entries: Sequence[ParamEntry], mesh_axes: Mapping[str, int], rules: str | Rules | None
 ) -> dict[str, ParamSharding]:
     """Per parameter key, its partition spec under ``rules`` on a mesh of ``mesh_axes`` (name -> size).
 

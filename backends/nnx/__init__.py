@@ -13,20 +13,32 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from ...core.config import FamilyConfig
 from ...core.nodes import ModelGraph
 from ...core.params import from_flax_tree, to_flax_tree
-from ..flax import _DTYPES
+from ...core.sharding import Rules
+from ..flax import _DTYPES, save_sharded
 from ..flax.generation import decoder_session, to_numpy
+from . import sharding
 from .model import NnxModel
 
 
 def create(
-    graph: ModelGraph, config: FamilyConfig, weights: Mapping[str, np.ndarray], dtype: str, seed: int = 0
+    graph: ModelGraph,
+    config: FamilyConfig,
+    weights: Mapping[str, np.ndarray],
+    dtype: str,
+    seed: int = 0,
+    mesh: Mesh | None = None,
+    rules: str | Rules | None = None,
 ) -> NnxModel:
     """An :class:`NnxModel` in eval mode with float32 params (HF Flax's convention) computing in ``dtype``;
-    its dropout stream is ``nnx.Rngs(dropout=seed)``."""
+    its dropout stream is ``nnx.Rngs(dropout=seed)``. With ``mesh``, its params sharded on it by ``rules``
+    (:func:`tandem.backends.nnx.sharding.create`)."""
+    if mesh is not None:
+        return sharding.create(graph, config, weights, _DTYPES[dtype], mesh, rules, seed)
     return NnxModel(graph, config, to_flax_tree(graph, weights), _DTYPES[dtype], nnx.Rngs(dropout=seed))
 
 
@@ -36,4 +48,4 @@ def export(model: NnxModel) -> dict[str, np.ndarray]:
     return from_flax_tree(model.graph, host)
 
 
-__all__ = ["NnxModel", "create", "decoder_session", "export", "to_numpy"]
+__all__ = ["NnxModel", "create", "decoder_session", "export", "save_sharded", "to_numpy"]
