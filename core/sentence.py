@@ -121,8 +121,11 @@ def read_sentence_transformers(directory: str | Path) -> tuple[SentenceSpec, Pat
     if not isinstance(modules, list) or not all(isinstance(m, dict) and "type" in m for m in modules):
         raise ValueError(f"{listing}: expected a list of modules, each with a 'type'")
     kinds = [str(m["type"]).rsplit(".", 1)[-1] for m in modules]
-    unsupported = [f"{m['type']} ({m.get('path', '')!r})" for m, k in zip(modules, kinds, strict=True)]
-    unsupported = [u for u, k in zip(unsupported, kinds, strict=True) if k not in _SUPPORTED_MODULES]
+    unsupported = [
+        f"{m['type']} (at {m.get('path', '')!r})"
+        for m, kind in zip(modules, kinds, strict=True)
+        if kind not in _SUPPORTED_MODULES
+    ]
     if unsupported or kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]):
         raise ValueError(
             f"{listing}: tandem runs sentence-transformers pipelines Transformer -> Pooling [-> Normalize]; "
