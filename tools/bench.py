@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .timing import interleaved, load_average
 
 IMPLEMENTATIONS = ("tandem torch", "HF torch", "tandem flax", "HF flax")
 PAIRS = {"torch": ("tandem torch", "HF torch"), "flax": ("tandem flax", "HF flax")}
@@ -123,20 +123,10 @@ def bench(rounds: int = 10, warmup: int = 2, batch: int = 8, length: int = 128, 
         raise ImportError("tandem bench compares with HF transformers: pip install 'transformers<5'") from err
 
     impls, diff = _implementations(batch, length, seed)
-    for _ in range(warmup - 1):
-        for name in IMPLEMENTATIONS:
-            impls[name]()
-    load_before = os.getloadavg()[0]
-    wall: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
-    cpu: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
-    for r in range(rounds):
-        for name in IMPLEMENTATIONS[r % 4 :] + IMPLEMENTATIONS[: r % 4]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            impls[name]()
-            wall[name].append(1e3 * (time.perf_counter() - start))
-            cpu[name].append(1e3 * (time.process_time() - start_cpu))
-    median = {name: statistics.median(t) for name, t in wall.items()}
-    median_cpu = {name: statistics.median(t) for name, t in cpu.items()}
+    load_before = load_average()
+    times = interleaved(impls, rounds, warmup - 1)
+    median = {name: t["median_ms"] for name, t in times.items()}
+    median_cpu = {name: t["median_cpu_ms"] for name, t in times.items()}
     return {
         "model": "bert-base (HF BertConfig defaults), random weights, fp32",
         "batch": batch,
@@ -144,14 +134,14 @@ def bench(rounds: int = 10, warmup: int = 2, batch: int = 8, length: int = 128, 
         "rounds": rounds,
         "max_abs_diff_ours_vs_hf": diff,
         "median_ms": median,
-        "min_ms": {name: min(t) for name, t in wall.items()},
+        "min_ms": {name: t["min_ms"] for name, t in times.items()},
         "median_cpu_ms": median_cpu,
         "ratio": {backend: median[ours] / median[hf] for backend, (ours, hf) in PAIRS.items()},
         "cpu_ratio": {backend: median_cpu[ours] / median_cpu[hf] for backend, (ours, hf) in PAIRS.items()},
         "machine": {
             "cpu": _cpu_name(),
             "cores": os.cpu_count(),
-            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "load_average": [load_before, load_average()],
             "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,20 +30,7 @@ from typing import Any
 
 import numpy as np
 
-
-def interleaved(impls: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, dict[str, float]]:
-    """Median/min wall ms per implementation, timed round-robin with a rotating order."""
-    for fn in impls.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in impls}
-    names = list(impls)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            impls[name]()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {n: {"median_ms": statistics.median(t), "min_ms": min(t)} for n, t in times.items()}
+from .timing import interleaved
 
 
 def _runners(hf_model: Any, hf_flax: Any, directory: Path, inputs: dict[str, np.ndarray]) -> dict[str, Callable]:

@@ -1,15 +1,15 @@
 """bert-base forward on CPU: the NNX backend against the linen backend, on the same weights.
 
 What is timed: one forward of the base model (``last_hidden_state`` and ``pooler_output``) on a padded fp32
-batch, four ways: the linen backend's jitted call; the NNX model under ``nnx.jit`` (the way NNX code runs
-a model), by default and with ``graph_updates=False``; and the NNX model called directly (its call plan is
-compiled once per shape, as linen's). Default ``nnx.jit`` returns every Variable of the model from the
-compiled program so that it can write them back, and XLA copies each parameter to do so (flax 0.12);
-``graph_updates=False`` returns only the Variables that changed. The first
-call of each is timed on its own: trace and compile included ("first call"). Then each round times every
-implementation once, in an order rotated from round to round, so slow drifts of a noisy machine hit all
-alike. Reported: median and minimum wall ms, median CPU ms (process time: steadier than wall time when
-other processes compete for the cores), and the ratios of medians NNX / linen (below 1.0: NNX is faster).
+batch, five ways: the linen backend's jitted call; the NNX model under ``nnx.jit`` (the way NNX code runs
+a model), by default, with the model donated (``donate_argnums=0``) and with ``graph_updates=False``; and
+the NNX model called directly (the linen backend's compiled program). Default ``nnx.jit`` returns every
+Variable of the model from the compiled program so that it can write them back, and XLA copies each
+parameter to do so (flax 0.12); donating the model lets XLA hand the parameter buffers back instead, and
+``graph_updates=False`` returns only the Variables that changed. The first call of each is timed on its
+own: trace and compile included ("first call"). Then the calls are timed interleaved
+(:func:`tandem.tools.timing.interleaved`). Reported: median and minimum wall ms, median CPU ms, and the
+ratios of medians NNX / linen (below 1.0: NNX is faster).
 
 Run it with ``python -m tandem.tools.bench_nnx``.
 """
@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-IMPLEMENTATIONS = ("linen", "nnx.jit", "nnx.jit (no graph updates)", "nnx (call)")
+from .timing import interleaved, load_average
+
+IMPLEMENTATIONS = ("linen", "nnx.jit", "nnx.jit (donated)", "nnx.jit (no graph updates)", "nnx (call)")
 
 
 def _implementations(batch: int, length: int, layers: int, seed: int) -> tuple[dict[str, Callable[[], Any]], Any]:
@@ -42,10 +43,12 @@ def _implementations(batch: int, length: int, layers: int, seed: int) -> tuple[d
     linen = build(config, task="base", backend="flax", seed=seed)
     model = build(config, task="base", backend="nnx", seed=seed)
     forward = nnx.jit(lambda model, arrays: dict(model(**arrays)))
+    donated = nnx.jit(lambda model, arrays: dict(model(**arrays)), donate_argnums=0)
     forward_only = nnx.jit(lambda model, arrays: dict(model(**arrays)), graph_updates=False)
     impls: dict[str, Callable[[], Any]] = {
         "linen": lambda: jax.block_until_ready(dict(linen(**arrays))),
         "nnx.jit": lambda: jax.block_until_ready(forward(model, arrays)),
+        "nnx.jit (donated)": lambda: jax.block_until_ready(donated(model, arrays)),
         "nnx.jit (no graph updates)": lambda: jax.block_until_ready(forward_only(model, arrays)),
         "nnx (call)": lambda: jax.block_until_ready(dict(model(**arrays))),
     }
@@ -70,21 +73,10 @@ def bench(
         first[name] = time.perf_counter() - start
     reference = np.asarray(outputs["linen"]["last_hidden_state"])
     diff = max(float(np.max(np.abs(np.asarray(out["last_hidden_state"]) - reference))) for out in outputs.values())
-    for _ in range(warmup - 1):
-        for name in IMPLEMENTATIONS:
-            impls[name]()
-    load_before = os.getloadavg()[0]
-    wall: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
-    cpu: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
-    count = len(IMPLEMENTATIONS)
-    for r in range(rounds):
-        for name in IMPLEMENTATIONS[r % count :] + IMPLEMENTATIONS[: r % count]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            impls[name]()
-            wall[name].append(1e3 * (time.perf_counter() - start))
-            cpu[name].append(1e3 * (time.process_time() - start_cpu))
-    median = {name: statistics.median(t) for name, t in wall.items()}
-    median_cpu = {name: statistics.median(t) for name, t in cpu.items()}
+    load_before = load_average()
+    times = interleaved(impls, rounds, warmup - 1)
+    median = {name: t["median_ms"] for name, t in times.items()}
+    median_cpu = {name: t["median_cpu_ms"] for name, t in times.items()}
     return {
         "model": f"bert-base (HF BertConfig defaults, {layers} layers), random weights, fp32",
         "batch": batch,
@@ -93,13 +85,13 @@ def bench(
         "max_abs_diff_vs_linen": diff,
         "first_call_s": first,
         "median_ms": median,
-        "min_ms": {name: min(t) for name, t in wall.items()},
+        "min_ms": {name: t["min_ms"] for name, t in times.items()},
         "median_cpu_ms": median_cpu,
         "ratio": {name: median[name] / median["linen"] for name in IMPLEMENTATIONS[1:]},
         "cpu_ratio": {name: median_cpu[name] / median_cpu["linen"] for name in IMPLEMENTATIONS[1:]},
         "machine": {
             "cores": os.cpu_count(),
-            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "load_average": [load_before, load_average()],
             "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()],
         },
