@@ -154,7 +154,7 @@ class TorchModel(nn.Module, PretrainedMethods):
             block_sparse_seed=block_sparse_seed,
         )
         if self.sharding is not None:
-            self.sharding.prepare(self, ctx)
+            self.sharding.prepare(ctx)
         rows = arrays["input_ids"] if input_ids is not None else arrays["inputs_embeds"]
         runtime = Runtime("torch", ops.IMPLS, TorchOps(rows.device, next(iter(params.values())).dtype), ctx)
         out = run_call(

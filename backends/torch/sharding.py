@@ -55,12 +55,12 @@ class Sharding:
     slots: dict[str, tuple[nn.Module, str]]  # key (tied aliases too) -> (module, attribute)
     layers: dict[str, nn.Module]  # FSDP units: layer path -> its module
 
-    def prepare(self, model: TorchModel, ctx: ops.Context) -> None:
+    def prepare(self, ctx: ops.Context) -> None:
         """Point a call's context at the parameters as registered when used, the layers' modules and the
         tensor-parallel projection."""
         ctx.params = _Params(self.slots)  # type: ignore[assignment]
         ctx.run_layer = self.run_layer
-        ctx.impls = {**ops.IMPLS, n.Linear: parallel_linear}
+        ctx.impls = _IMPLS
 
     def run_layer(self, fn: Callable[..., LayerOutput], node: n.TransformerLayer, path: str, *args: Any) -> Any:
         module = self.layers.get(path)
@@ -113,6 +113,9 @@ def parallel_linear(node: n.Linear, path: str, x: Tensor, ctx: ops.Context) -> T
     bias = params.raw(n.join(path, "bias")) if node.bias else None
     x = DTensor.from_local(x, mesh, [Replicate()] * mesh.ndim, run_check=False)
     return F.linear(x, weight, bias).full_tensor()
+
+
+_IMPLS = {**ops.IMPLS, n.Linear: parallel_linear}
 
 
 def _check_mesh(mesh: Any, rules: str | Rules) -> tuple[str, ...]:
