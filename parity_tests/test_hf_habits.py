@@ -250,3 +250,23 @@ def test_padded_positions_by_output_kind() -> None:
     assert max_abs_diff(a, b, mask, "real").value == 2.0
     assert max_abs_diff(a, b, mask, "padded").value == 5.0
     assert max_abs_diff(a, b).value == 5.0
+
+
+def test_training_guide_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/training.md's blocks, in order, in one namespace: every framework's loss falls, and each saved
+    classifier reloads in the other framework with the same logits (the blocks assert it)."""
+    import re
+    import warnings
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 4
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the classifier the base checkpoint lacks is initialised, with a warning
+        for block in blocks:
+            exec(compile(block, "docs/training.md", "exec"), scope)
+    for name in ("torch_losses", "linen_losses", "nnx_losses"):
+        losses = scope[name]
+        assert losses[-1] < 0.5 * losses[0], (name, losses[0], losses[-1])

@@ -319,7 +319,7 @@ BAD_CALLS: dict[str, tuple[Callable[[Path, Path], Any], type[Exception], str]] =
     "build_task_type": (lambda _s, _t: tandem.build(SMALL, task=["base"]), TypeError, "task must be a str"),
     "build_unknown_backend": (lambda _s, _t: tandem.build(SMALL, backend="tf"), ValueError, "unknown backend 'tf'"),
     "build_backend_type": (lambda _s, _t: tandem.build(SMALL, backend=["torch"]), TypeError, "backend must be a str"),
-    "build_unknown_dtype": (lambda _s, _t: tandem.build(SMALL, dtype="float16"), ValueError, "dtype must be one of"),
+    "build_unknown_dtype": (lambda _s, _t: tandem.build(SMALL, dtype="float64"), ValueError, "dtype must be one of"),
     "build_not_a_config": (lambda _s, _t: tandem.build({"model_type": "bert"}), TypeError, "not a tandem family"),
     "load_weights_file": (
         lambda s, _t: tandem.from_pretrained(s / "model.safetensors"),

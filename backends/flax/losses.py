@@ -1,4 +1,6 @@
-"""Loss terms in JAX, one function per loss kind (HF PyTorch's formulas, in float32)."""
+"""Loss terms in JAX, one function per loss kind: HF PyTorch's formulas in HF's dtypes (computed in float32,
+as torch's kernels accumulate; cross-entropy returned in the logits' dtype as torch's, regression and BCE in
+float32, as torch promotes the logits to the float32 labels)."""
 
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ Array = jax.Array
 
 def _cross_entropy(logits: Array, labels: Array, ignore_index: int) -> Array:
     """Mean cross-entropy over labels != ignore_index (NaN when all are ignored, as torch)."""
+    dtype = logits.dtype
     logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
     labels = labels.reshape(-1)
     valid = labels != ignore_index
     safe = jnp.where(valid, labels, 0)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
+    return (jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)).astype(dtype)
 
 
 def cross_entropy_loss(term: n.CrossEntropyLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any) -> Array:
@@ -33,7 +36,10 @@ def cross_entropy_loss(term: n.CrossEntropyLoss, path: str, outputs: Mapping, la
 
 def classification_loss(term: n.ClassificationLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any) -> Array:
     """HF's sequence-classification loss for the problem type the call plan resolved."""
-    logits, target = outputs[term.logits].astype(jnp.float32), labels[term.labels]
+    logits, target = outputs[term.logits], labels[term.labels]
+    if term.problem_type == "single_label_classification":
+        return _cross_entropy(logits, target.astype(jnp.int32), -100)
+    logits = logits.astype(jnp.float32)
     if term.problem_type == "regression":
         target = target.astype(jnp.float32)
         if term.num_labels == 1:

@@ -73,9 +73,9 @@ class GraphModule(nn.Module):
         return execute(self.graph, self.dtype, params, inputs, plan, labels, cache, rng, block_sparse_seed)
 
 
-def create_params(graph: n.ModelGraph, weights: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Canonical weights -> the HF Flax params tree of jax arrays."""
-    return jax.tree_util.tree_map(jnp.asarray, to_flax_tree(graph, weights))
+def create_params(graph: n.ModelGraph, weights: Mapping[str, np.ndarray], dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Canonical weights -> the HF Flax params tree of jax arrays in ``dtype``."""
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), to_flax_tree(graph, weights))
 
 
 __all__ = ["GraphModule", "create_params"]

@@ -34,12 +34,13 @@ def create(
     mesh: Mesh | None = None,
     rules: str | Rules | None = None,
 ) -> NnxModel:
-    """An :class:`NnxModel` in eval mode with float32 params (HF Flax's convention) computing in ``dtype``;
+    """An :class:`NnxModel` in eval mode with params in ``dtype`` computing in ``dtype`` (the linen backend's);
     its dropout stream is ``nnx.Rngs(dropout=seed)``. With ``mesh``, its params sharded on it by ``rules``
     (:func:`tandem.backends.nnx.sharding.create`)."""
     if mesh is not None:
         return sharding.create(graph, config, weights, _DTYPES[dtype], mesh, rules, seed)
-    return NnxModel(graph, config, to_flax_tree(graph, weights), _DTYPES[dtype], nnx.Rngs(dropout=seed))
+    params = jax.tree_util.tree_map(lambda a: a.astype(_DTYPES[dtype]), to_flax_tree(graph, weights))
+    return NnxModel(graph, config, params, _DTYPES[dtype], nnx.Rngs(dropout=seed))
 
 
 def export(model: NnxModel) -> dict[str, np.ndarray]:

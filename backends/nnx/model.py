@@ -45,8 +45,8 @@ def _attach(scope: nnx.Module, tree: Mapping[str, Any]) -> None:
 class NnxModel(nnx.Module, PretrainedMethods):
     """A compiled graph as an ``nnx.Module``. Call it with keyword arrays; it returns a :class:`ModelOutput`.
 
-    Its submodules follow the graph's HF paths and hold float32 ``nnx.Param``s with HF Flax's names and
-    layouts, so ``nnx.state(model, nnx.Param)`` is an HF Flax params tree (the linen backend's
+    Its submodules follow the graph's HF paths and hold ``nnx.Param``s (in the model's ``dtype``) with HF
+    Flax's names and layouts, so ``nnx.state(model, nnx.Param)`` is an HF Flax params tree (the linen backend's
     ``params``). A parameter the graph shares (a layer group run by several steps of the encoder
     schedule) is declared once, so it is one ``Param`` and is counted once. The call runs the graph's call
     plan through the linen backend's program on those parameters (:func:`~tandem.backends.flax.program.

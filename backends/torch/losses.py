@@ -1,4 +1,5 @@
-"""Loss terms in torch, one function per loss kind (HF PyTorch's formulas, in float32)."""
+"""Loss terms in torch, one function per loss kind: HF PyTorch's formulas in HF's dtypes (cross-entropy in the
+logits' dtype; regression and BCE in float32, as torch promotes the logits to the float32 labels)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ...core import nodes as n
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=ignore_index)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=ignore_index)
 
 
 def cross_entropy_loss(term: n.CrossEntropyLoss, path: str, outputs: Mapping, labels: Mapping, ctx: Any) -> Tensor:
