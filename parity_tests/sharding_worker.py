@@ -6,8 +6,9 @@ the whole batch) and sharded on the case's mesh (run on this rank's rows of the 
 ``"data"`` when the mesh has it, else the whole batch), and records the largest difference of the logits,
 of every gradient and of every parameter after one ``torch.optim.AdamW`` step, then of the checkpoint
 ``save_pretrained`` writes from the sharded model (every rank calls it) and of the logits of that checkpoint
-loaded back sharded; and that ``tandem.build`` with the mesh gives the unsharded build's weights. The test
-asserts on the JSON each rank writes.
+loaded back sharded (and saved as msgpack, and as several safetensors files, loaded back unsharded); and that
+``tandem.build`` with the mesh gives the unsharded build's weights. The test asserts on the JSON each rank
+writes.
 """
 
 from __future__ import annotations
@@ -80,10 +81,25 @@ def check_case(case: dict[str, Any], work: Path, rank: int) -> dict[str, float]:
     with torch.no_grad():
         expected = reference(input_ids=batch["input_ids"]).logits[rows]
         out["reloaded"] = _diff(again(input_ids=batch["input_ids"][rows]).logits, expected)
+    for format, size in (("msgpack", None), ("safetensors", "4KB")):  # flax layout; several files + index
+        other = work / f"{case['name']}-{format}"
+        tandem.save_pretrained(model, other, format=format, max_shard_size=size)
+        loaded = tandem.from_pretrained(other, backend="torch")
+        out[f"saved_{format}"] = max(_diff(loaded.get_parameter(k), reference.get_parameter(k)) for k in ref_grads)
     fresh = tandem.build(reference.config, "masked_lm", backend="torch", seed=3)
     built = tandem.build(reference.config, "masked_lm", backend="torch", seed=3, mesh=mesh, rules=case["rules"])
     out["build"] = max(_diff(built.get_parameter(k), fresh.get_parameter(k)) for k in ref_grads)
     return out
+
+
+def _tp_on_data_axis(checkpoint: Path) -> float:
+    """0 when ``rules="tp"`` on a mesh with a "data" axis raises the ValueError that names fsdp_tp."""
+    mesh = init_device_mesh("cpu", (1, dist.get_world_size()), mesh_dim_names=("data", "model"))
+    try:
+        tandem.from_pretrained(checkpoint, backend="torch", mesh=mesh, rules="tp")
+    except ValueError as err:
+        return float("use 'fsdp_tp'" not in str(err))
+    return 1.0
 
 
 def main(rank: int, world: int, port: int, cases: list[dict[str, Any]], work: str) -> None:
@@ -93,6 +109,7 @@ def main(rank: int, world: int, port: int, cases: list[dict[str, Any]], work: st
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         results = {case["name"]: check_case(case, Path(work), rank) for case in cases}
+        results["errors"] = {"tp_on_data_axis": _tp_on_data_axis(Path(cases[0]["checkpoint"]))}
         (Path(work) / f"rank{rank}.json").write_text(json.dumps(results))
     finally:
         dist.destroy_process_group()

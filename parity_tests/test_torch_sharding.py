@@ -69,11 +69,12 @@ def _spawn(tmp_path: Path, world: int, plan: list[tuple[str, str, tuple[int, ...
 
 
 def _check(results: dict) -> None:
+    """Every difference within ATOL; the flags (``saved_keys``, ``unused``, ``tp_on_data_axis``: a wrong key
+    set, a gradient present on one side only, a missing error) are counts, so 0."""
     for rank, cases in results.items():
         for name, diffs in cases.items():
-            assert diffs.pop("saved_keys") == 0.0, f"rank {rank} {name}: the saved checkpoint's keys differ"
             worst = max(diffs, key=diffs.get)
-            assert diffs[worst] <= ATOL, f"rank {rank} {name}: {worst} differs by {diffs[worst]:.2e} ({diffs})"
+            assert diffs[worst] <= ATOL, f"rank {rank} {name}: {worst} is {diffs[worst]:.2e} ({diffs})"
 
 
 def test_two_processes_fsdp_and_tp(tmp_path: Path) -> None:
