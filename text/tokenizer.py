@@ -25,7 +25,8 @@ TensorType = Literal["np", "pt", "jax"] | None
 
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _LARGE = int(1e20)  # HF: a model_max_length above this means "no limit" (tokenizer_config writes 1e30)
-# HF tokenizer classes whose model inputs have no token_type_ids (PreTrainedTokenizerBase's default has them).
+# HF tokenizer classes whose model inputs have no token_type_ids (PreTrainedTokenizerBase's default has them),
+# and the model types whose tokenizers are those (read from config.json when tokenizer_class is not given).
 _NO_TOKEN_TYPES = {
     "RobertaTokenizer",
     "GPT2Tokenizer",
@@ -34,6 +35,19 @@ _NO_TOKEN_TYPES = {
     "BigBirdTokenizer",
     "XLMRobertaTokenizer",
     "CamembertTokenizer",
+    "DistilBertTokenizer",
+    "MPNetTokenizer",
+}
+_NO_TOKEN_TYPE_MODELS = {
+    "roberta",
+    "roberta-prelayernorm",
+    "xlm-roberta",
+    "camembert",
+    "distilbert",
+    "big_bird",
+    "mpnet",
+    "longformer",
+    "bart",
 }
 # Special-token defaults of the HF classes whose vocabulary files tandem builds a tokenizer from.
 _WORDPIECE_DEFAULTS = {
@@ -116,6 +130,7 @@ class Tokenizer:
         truncation_side: Literal["right", "left"] = "right",
         token_type_ids: bool = True,
         clean_up_tokenization_spaces: bool = False,
+        additional_special_tokens: Sequence[str] = (),
     ) -> None:
         for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
             if side not in ("right", "left"):
@@ -128,7 +143,8 @@ class Tokenizer:
         self.model_input_names = ["input_ids", *(["token_type_ids"] if token_type_ids else []), "attention_mask"]
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         known = {t.content for t in backend.get_added_tokens_decoder().values()}
-        missing = [t for t in self.special_tokens.values() if t not in known]
+        wanted = [*self.special_tokens.values(), *additional_special_tokens]
+        missing = [t for t in dict.fromkeys(wanted) if t not in known]
         if missing:  # as HF's fast tokenizers: special tokens are matched whole, before normalisation
             tk = _tokenizers()
             backend.add_special_tokens([tk.AddedToken(t, special=True, normalized=False) for t in missing])
@@ -149,14 +165,15 @@ class Tokenizer:
         tokens_map = _read_json(directory / "special_tokens_map.json")
         tk = _tokenizers()
         kind = config.get("tokenizer_class")
+        kind = kind.removesuffix("Fast") if isinstance(kind, str) else None
         if (directory / "tokenizer.json").is_file():
             backend = tk.Tokenizer.from_file(str(directory / "tokenizer.json"))
             defaults: dict[str, str] = {}
         elif (directory / "vocab.txt").is_file():
-            defaults, kind = _WORDPIECE_DEFAULTS, kind or "BertTokenizer"
+            defaults = _WORDPIECE_DEFAULTS
             backend = None
         elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-            defaults, kind = _BPE_DEFAULTS, kind or "RobertaTokenizer"
+            defaults = _BPE_DEFAULTS
             backend = None
         elif any((directory / name).is_file() for name in ("spiece.model", "sentencepiece.bpe.model")):
             raise ValueError(
@@ -183,7 +200,16 @@ class Tokenizer:
             backend = _build_bpe(directory, config, special)
         limit = config.get("model_max_length")
         names = config.get("model_input_names")
-        token_types = "token_type_ids" in names if isinstance(names, list) else kind not in _NO_TOKEN_TYPES
+        model_type = _read_json(directory / "config.json").get("model_type")
+        if isinstance(names, list):
+            token_types = "token_type_ids" in names
+        elif kind is not None:
+            token_types = kind not in _NO_TOKEN_TYPES
+        elif model_type is not None:  # as HF's AutoTokenizer: the tokenizer class of config.json's model_type
+            token_types = model_type not in _NO_TOKEN_TYPE_MODELS
+        else:  # the class whose files these are: BertTokenizer, or RobertaTokenizer for vocab.json + merges.txt
+            token_types = defaults is not _BPE_DEFAULTS
+        extra = [_content(t) for source in (tokens_map, config) for t in source.get("additional_special_tokens") or ()]
         return cls(
             backend,
             special,
@@ -193,6 +219,7 @@ class Tokenizer:
             token_type_ids=token_types,
             # HF's default: False, except when it converts BertTokenizer's files (that class defaults to True)
             clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", cleanup)),
+            additional_special_tokens=[t for t in extra if t is not None],
         )
 
     # ------------------------------------------------------------------------------------------ tokens
