@@ -112,7 +112,7 @@ def build_task_graph(
     heads. ``backbone(config, path, pooled)`` builds the family's backbone; ``use_cache``: a decoder's
     default (HF's ``config.use_cache``)."""
     if task not in tasks:
-        raise ValueError(f"unknown task {task!r} for {family}; choose one of {', '.join(tasks)}")
+        raise ValueError(f"unknown task {task!r} for {family}; choose one of {', '.join(tasks)}, sentence_embedding")
     spec = tasks[task]
     path = "" if task == "base" else prefix
     made = spec.heads(config, path)
