@@ -1,8 +1,11 @@
-"""The methods HF's models have that every backend's model shares: ``num_parameters``, ``save_pretrained``."""
+"""The methods HF's models have that every backend's model shares: ``num_parameters``, ``save_pretrained``;
+and sentence-transformers' ``encode``."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,3 +41,16 @@ class PretrainedMethods:
         from .api import save_pretrained
 
         save_pretrained(self, path, format=format, max_shard_size=max_shard_size)
+
+    def encode(
+        self,
+        tokenizer: Any,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        max_length: int | None = None,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """:func:`tandem.encode` with this model (a ``sentence_embedding`` one): ``model.encode(tok, texts)``."""
+        from ..text import encode
+
+        return encode(self, tokenizer, texts, batch_size=batch_size, max_length=max_length, progress=progress)

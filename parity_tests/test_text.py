@@ -216,6 +216,7 @@ def test_minilm_sentence_embeddings(directory: Path) -> None:
         diff = float(np.abs(encoded - reference).max())
         harness.record(f"MiniLM tandem.encode, {backend} vs the README recipe (HF torch)", diff)
         assert encoded.shape == (4, 384) and diff <= 1e-5
+        np.testing.assert_array_equal(model.encode(tok, SENTENCES, batch_size=4), encoded)  # the method
 
 
 def test_encode_matches_sentence_transformers(directory: Path) -> None:
