@@ -16,7 +16,7 @@ from ..core.families import build_graph, config_from_hf
 from ..core.hub import resolve
 from ..core.io import FORMATS, Format, checkpoint_directory, parse_size
 from ..core.params import init_params, param_entries
-from ..core.sentence import SENTENCE_TASK, sentence_task
+from ..core.sentence import SENTENCE_TASK, sentence_task, write_sentence_transformers
 from ..core.sharding import Rules
 from . import load_backend
 
@@ -159,7 +159,9 @@ def save_pretrained(
     ``"msgpack"`` (``flax_model.msgpack``, HF Flax); ``max_shard_size`` (e.g. ``"200MB"``) shards with an
     index as HF does. The checkpoint is written into a staging folder and moved into place when complete,
     so a failure never leaves a half-written checkpoint; the move removes weights of any other format in
-    ``path``, which then holds exactly this checkpoint (``docs/reliability.md``).
+    ``path``, which then holds exactly this checkpoint (``docs/reliability.md``). A ``sentence_embedding``
+    model writes its transformer's checkpoint and its pooling as sentence-transformers modules
+    (``modules.json``, ``1_Pooling/``), so that sentence-transformers and ``from_pretrained`` read it back.
 
     A model sharded on a torch DeviceMesh: call it on every rank; the tensors are gathered one at a time and
     rank 0 writes the full checkpoint (``docs/scale-out.md``).
@@ -180,3 +182,5 @@ def save_pretrained(
         return
     weights = adapter.export(model)
     save_checkpoint(path, model.config, task, weights, format=format, max_shard_size=max_shard_size)
+    if graph.task == SENTENCE_TASK:  # the pooling as sentence-transformers modules, which from_pretrained reads
+        write_sentence_transformers(path, graph.heads[0])

