@@ -210,9 +210,12 @@ def tokenized(directory: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return path
 
 
-def test_parity_on_a_real_padded_batch(directory: Path, tokenized: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_parity_on_a_real_padded_batch(
+    directory: Path, tokenized: Path, offline_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The parity-in-CI recipe on the real checkpoint and a real padded batch passes at 1e-4: the padded
-    positions are reported apart and decide only with --include-padding."""
+    positions are reported apart and decide only with --include-padding (the second run names the checkpoint
+    by its Hub id, found in the offline HF cache)."""
     import json
 
     from tandem.tools.cli import main
@@ -226,7 +229,7 @@ def test_parity_on_a_real_padded_batch(directory: Path, tokenized: Path, capsys:
     assert max(real, reference) <= 1e-5 and not result["include_padding"]
     assert padded > real  # the padded positions differ more, and are left out of the decision
 
-    argv = ["parity", str(directory), "--inputs", str(tokenized), "--tol", f"{padded / 2}", "--json"]
+    argv = ["parity", REPO, "--inputs", str(tokenized), "--tol", f"{padded / 2}", "--json"]
     assert main([*argv, "--include-padding"]) == 1
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["include_padding"] and result["torch_vs_flax"]["max_abs_diff"] >= padded * 0.99

@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Without PATH: every family and task at a small size with random weights. With PATH: an HF "
         "checkpoint directory. Exits 1 when any max |diff| exceeds --tol.",
     )
-    parity.add_argument("path", nargs="?", help="HF checkpoint directory (config.json + weights in any HF format)")
+    parity.add_argument(
+        "path", nargs="?", help="HF checkpoint directory (config.json + weights in any HF format) or Hub id"
+    )
     parity.add_argument(
         "--task", help="with PATH: the task to load it as (default: from its architectures); without: only this task"
     )

@@ -38,6 +38,7 @@ import torch
 from .. import build, config_from_hf, from_pretrained, save_pretrained
 from ..core import Family, FamilyConfig, family_of
 from ..core.checkpoint import read_weights, task_for_checkpoint
+from ..core.hub import resolve
 from ..core.nodes import ModelGraph, join
 from ..core.params import walk
 from .harness import flatten_outputs
@@ -410,12 +411,13 @@ def checkpoint_parity(
     with_reference: bool = True,
     include_padding: bool = False,
 ) -> ParityResult:
-    """An HF checkpoint directory loaded into both backends, compared on ``batch`` (or a seeded one).
+    """An HF checkpoint directory (or Hub id) loaded into both backends, compared on ``batch`` (or a seeded one).
 
     The reference loads the checkpoint itself when ``task`` is the checkpoint's own and the weights are in
     torch layout; for another task (whose head the checkpoint lacks) or a flax checkpoint (which HF PyTorch
     does not read) it loads our torch model's weights, so all three share every weight.
     """
+    path = resolve(path, argument="path")  # a Hub id: its snapshot in the HF cache
     if task is None:  # the checkpoint's own HF class (a sentence-transformers directory's too: its transformer)
         task = task_for_checkpoint(config_from_hf(path)) or "base"
     torch_model = from_pretrained(path, backend="torch", task=task)
