@@ -107,6 +107,8 @@ def make_batch(
     if config.type_vocab_size < 2:
         types = np.zeros_like(types)
     out = {"input_ids": np.where(mask == 1, ids, pad), "attention_mask": mask, "token_type_ids": types}
+    if not REFERENCES[family_of(config).name].token_types:
+        del out["token_type_ids"]  # HF's classes of the family take none
     if task == "multiple_choice":
         out = {name: value.reshape(batch, NUM_CHOICES, length) for name, value in out.items()}
     return out
