@@ -239,6 +239,28 @@ REFERENCES: dict[str, Reference] = {
         has_flax=False,
         token_types=False,
     ),
+    "deberta-v2": Reference(
+        "deberta-v2",
+        {
+            "vocab_size": 97,
+            "hidden_size": 36,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 3,
+            "intermediate_size": 53,
+            "max_position_embeddings": 40,
+            "type_vocab_size": 0,  # as DeBERTa-v3: no token types, no absolute positions
+            "position_biased_input": False,
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "position_buckets": 4,  # log buckets from distance 2 on: batches of 9 reach them
+            "max_relative_positions": 12,
+            "share_att_key": True,
+            "norm_rel_ebd": "layer_norm",
+            "conv_kernel_size": 3,  # as DeBERTa-v2-xlarge: the convolution beside the first layer
+            "initializer_range": 0.2,
+        },
+        has_flax=False,
+    ),
 }
 
 

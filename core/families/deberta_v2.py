@@ -9,7 +9,7 @@ sequence-level heads pool the first token through a ``pooler`` of their own (HF'
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import model_validator
 
@@ -130,6 +130,15 @@ class DebertaV2Config(FamilyConfig):
         if self.relative_attention and 0 < self.position_buckets < 2:
             raise ValueError(f"position_buckets must be >= 2 or <= 0 (no buckets), got {self.position_buckets}")
         return self
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """HF reads ``embedding_size`` and ``pooler_hidden_size`` with a default only when they are absent:
+        unset ones are left out rather than written as null."""
+        data = super().to_hf_dict()
+        for name in ("embedding_size", "pooler_hidden_size"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @property
     def position_terms(self) -> tuple[str, ...]:

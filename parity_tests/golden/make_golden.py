@@ -150,6 +150,23 @@ MODERNBERT_CLASSES = {
     "question_answering": "ModernBertForQuestionAnswering",
 }
 MODERNBERT_BIASES = {"attention_bias": True, "mlp_bias": True, "norm_bias": True, "classifier_bias": True}
+DEBERTA_V2_CLASSES = {
+    "base": "DebertaV2Model",
+    "masked_lm": "DebertaV2ForMaskedLM",
+    "sequence_classification": "DebertaV2ForSequenceClassification",
+    "multiple_choice": "DebertaV2ForMultipleChoice",
+    "token_classification": "DebertaV2ForTokenClassification",
+    "question_answering": "DebertaV2ForQuestionAnswering",
+}
+# DeBERTa-v2's other parameter sets: separate position projections, the conv layer, absolute positions, token
+# types and a narrower embedding width (embed_proj).
+DEBERTA_V2_UNSHARED = {
+    "share_att_key": False,
+    "conv_kernel_size": 3,
+    "position_biased_input": True,
+    "type_vocab_size": 2,
+    "embedding_size": 20,
+}
 DECODER = {"is_decoder": True}
 CROSS = {"is_decoder": True, "add_cross_attention": True}
 UNTIED = {"tie_word_embeddings": False}
@@ -159,6 +176,36 @@ SINUSOIDAL = {"sinusoidal_pos_embds": True}
 # untied MLMs pin the one layout difference tying makes (torch decoder.weight is its own tensor, flax gains
 # <head>/decoder/kernel); the causal LMs are decoders, with and without cross-attention.
 FAMILIES: dict[str, Family] = {
+    # DeBERTa-v3's layout: relative attention (c2p, p2c) with shared keys, a normalised bucketed table, no
+    # absolute positions, no token types; HF has no Flax DeBERTa.
+    "deberta-v2": Family(
+        "DebertaV2Config",
+        DEBERTA_V2_CLASSES,
+        _flax(DEBERTA_V2_CLASSES),
+        {
+            "vocab_size": 97,
+            "hidden_size": 36,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 3,
+            "intermediate_size": 53,
+            "max_position_embeddings": 41,
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "position_buckets": 8,
+            "max_relative_positions": 24,
+            "share_att_key": True,
+            "norm_rel_ebd": "layer_norm",
+            "position_biased_input": False,
+            "type_vocab_size": 0,
+            "num_labels": 5,
+        },
+        {
+            **_tasks(DEBERTA_V2_CLASSES),
+            "base_unshared": ("base", DEBERTA_V2_UNSHARED),
+            "masked_lm_unshared_untied": ("masked_lm", {**DEBERTA_V2_UNSHARED, **UNTIED}),
+            "sequence_classification_unshared": ("sequence_classification", DEBERTA_V2_UNSHARED),
+        },
+    ),
     # HF's defaults have no biases but the decoder's; the "_biases" manifests switch every one on.
     "modernbert": Family(
         "ModernBertConfig",

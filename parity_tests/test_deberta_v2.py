@@ -1,0 +1,151 @@
+"""DeBERTa-v2/v3 parity: HF PyTorch checkpoint -> tandem torch, flax and nnx, every HF output, every task.
+
+The tiny config (``REFERENCES["deberta-v2"]``) is DeBERTa-v3-like (relative attention with c2p and p2c,
+shared keys, a normalised relative table, no absolute positions, no token types) with small log buckets
+(4: distances from 2 on are bucketed, and batches of 9 reach them) and the convolution beside the first layer.
+The variants cover the other switches: no buckets, separate position projections, one position term,
+absolute positions and token types, a narrower embedding width, relative attention off, grouped convolution.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import harness
+import numpy as np
+import pytest
+import torch
+from harness import REFERENCES, Case
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+import tandem
+from tandem.core.families.deberta_v2 import DebertaV2Config
+from tandem.core.relative import relative_positions
+
+UNSHARED = {"share_att_key": False}
+V2 = {"position_biased_input": True, "type_vocab_size": 2, "position_buckets": -1, "max_relative_positions": 6}
+
+# One case per task, the variants folded in: separate position projections, one position term or none,
+# no buckets or wider ones, absolute positions and token types, a narrower embedding width (embed_proj) with an
+# untied decoder, grouped convolution, no convolution, relative attention off.
+CASES: list[Case] = [
+    Case("deberta-v2", "base", inputs_embeds=True),
+    Case(
+        "deberta-v2",
+        "masked_lm",
+        {**V2, **UNSHARED, "tie_word_embeddings": False, "embedding_size": 20, "conv_groups": 3, "conv_act": "gelu"},
+        length=13,
+    ),
+    Case(
+        "deberta-v2",
+        "sequence_classification",
+        {**UNSHARED, "pos_att_type": "p2c", "norm_rel_ebd": "none", "conv_kernel_size": 0, "num_labels": 3},
+    ),
+    Case("deberta-v2", "multiple_choice", {"relative_attention": False, "position_biased_input": True}),
+    Case(
+        "deberta-v2",
+        "token_classification",
+        {**UNSHARED, "pos_att_type": "c2p", "position_buckets": 8, "max_relative_positions": 32, "num_labels": 5},
+    ),
+    Case("deberta-v2", "question_answering", {**V2, "pooler_hidden_act": "tanh"}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.task}-{i}" for i, c in enumerate(CASES)])
+def test_deberta_v2_parity(case: Case, checkpoints: harness.CheckpointCache) -> None:
+    harness.run_case(case, checkpoints.load(case.family, case.task, case.config))
+
+
+def test_every_registered_task_has_a_case() -> None:
+    """A task added to DeBERTa-v2 fails here until the table above checks it."""
+    assert set(REFERENCES["deberta-v2"].tasks) <= {case.task for case in CASES}
+
+
+@pytest.mark.parametrize(("buckets", "max_distance"), [(-1, 12), (2, 5), (4, 12), (8, 32), (256, 512), (64, 100)])
+def test_relative_positions_match_hf(buckets: int, max_distance: int) -> None:
+    """The host-side (numpy) relative positions are HF PyTorch's, long distances included."""
+    states = torch.zeros(1, 700, 1)
+    expected = build_relative_position(states, states, bucket_size=buckets, max_position=max_distance)[0].numpy()
+    np.testing.assert_array_equal(relative_positions(700, buckets, max_distance), expected)
+
+
+@st.composite
+def relative_configs(draw: st.DrawFn) -> dict[str, Any]:
+    """A relative-attention setting: buckets (none, or a few), a small distance limit, shared or separate
+    position projections, either or both position terms, the conv layer on or off; a length past the buckets."""
+    buckets = draw(st.sampled_from([-1, 2, 4, 6, 8]))
+    limit = draw(st.integers(max(2, buckets // 2 + 2), 16))
+    terms = draw(st.sampled_from([["c2p"], ["p2c"], ["p2c", "c2p"]]))
+    return {
+        "config": {
+            "position_buckets": buckets,
+            "max_relative_positions": limit,
+            "pos_att_type": terms,
+            "share_att_key": draw(st.booleans()),
+            "conv_kernel_size": draw(st.sampled_from([0, 1, 5])),
+            "norm_rel_ebd": draw(st.sampled_from(["none", "layer_norm"])),
+        },
+        "length": draw(st.integers(2, 12)),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+@settings(max_examples=3, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=relative_configs())
+def test_random_relative_settings_match_hf(case: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = harness.load(Path(tmp), "deberta-v2", "base", case["config"], seed=case["seed"])
+    batch = harness.make_batch("base", loaded.config, seed=case["seed"], batch=3, length=case["length"])
+    harness.check_parity(loaded, batch, hf_flax=False)
+
+
+def test_gradients_match_hf(checkpoints: harness.CheckpointCache) -> None:
+    """Masked-LM loss and every parameter's gradient (the relative table, its norm and the conv included):
+    tandem torch and flax against HF PyTorch, padded rows included."""
+    loaded = checkpoints.load("deberta-v2", "masked_lm")
+    batch = harness.make_batch("masked_lm", loaded.config, seed=3, mask_patterns=(0, 1, 2, 4))
+    loss_t, grads_t = harness.torch_grads(loaded.torch, batch)
+    loss_hf, grads_hf = harness.hf_torch_grads(copy.deepcopy(loaded.hf), batch, list(grads_t))
+    loss_f, grads_f = harness.flax_grads(loaded.flax, batch)
+    assert abs(loss_t - loss_hf) <= harness.ATOL and abs(loss_f - loss_hf) <= harness.ATOL
+    harness.compare_grads("deberta-v2 torch vs HF torch grads", grads_t, grads_hf)
+    harness.compare_grads("deberta-v2 flax vs HF torch grads", grads_f, grads_hf)
+
+
+def test_head_mask_is_rejected(checkpoints: harness.CheckpointCache) -> None:
+    """HF's DeBERTa takes no head mask: every backend says so instead of ignoring it."""
+    loaded = checkpoints.load("deberta-v2", "base")
+    ids = np.ones((1, 4), np.int64)
+    for model in (loaded.torch, loaded.flax):
+        with pytest.raises(ValueError, match="head_mask is not supported"):
+            model(input_ids=ids, head_mask=np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pos_att_type": ["c2p", "p2p"]}, "not supported"),
+        ({"norm_rel_ebd": "batch_norm"}, "norm_rel_ebd"),
+        ({"conv_kernel_size": 2}, "must be odd"),
+        ({"hidden_size": 36, "num_attention_heads": 3, "conv_kernel_size": 3, "conv_groups": 5}, "conv_groups"),
+        ({"pooler_hidden_size": 7}, "pooler_hidden_size"),
+        ({"legacy": False}, "legacy=False"),
+        ({"relative_attention": True, "position_buckets": 8, "max_relative_positions": 5}, "log buckets"),
+        ({"conv_act": "gelu_bogus"}, "conv_act"),
+    ],
+)
+def test_config_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tandem.build_graph(DebertaV2Config(**kwargs), "base")
+
+
+def test_config_reads_hf_strings() -> None:
+    """``pos_att_type`` as HF's ``"p2c|c2p"`` string, ``max_relative_positions`` -1 as the position limit."""
+    config = DebertaV2Config(pos_att_type="P2C|c2p", relative_attention=True, max_relative_positions=-1)
+    assert config.position_terms == ("p2c", "c2p") and config.span == config.max_position_embeddings
