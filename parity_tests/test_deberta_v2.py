@@ -10,7 +10,6 @@ absolute positions and token types, a narrower embedding width, relative attenti
 from __future__ import annotations
 
 import copy
-
 import tempfile
 from pathlib import Path
 from typing import Any
