@@ -7,13 +7,15 @@ the whole batch) and sharded on the case's mesh (run on this rank's rows of the 
 of every gradient and of every parameter after one ``torch.optim.AdamW`` step, then of the checkpoint
 ``save_pretrained`` writes from the sharded model (every rank calls it) and of the logits of that checkpoint
 loaded back sharded (and saved as msgpack, and as several safetensors files, loaded back unsharded); and that
-``tandem.build`` with the mesh gives the unsharded build's weights. The test asserts on the JSON each rank
+``tandem.build`` with the mesh gives the unsharded build's weights, and that no rank holds more of a
+parameter than its shard. The test asserts on the JSON each rank
 writes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from torch.distributed.tensor import DTensor
 import tandem
 from tandem.core.checkpoint import read_weights
 from tandem.core.params import param_entries
+from tandem.core.sharding import resolve, shard_shape
 
 BATCH = 4
 
@@ -36,6 +39,23 @@ def _full(x: torch.Tensor) -> torch.Tensor:
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((_full(a).detach() - b.detach()).abs().max())
+
+
+def _held_beyond_shards(model: Any, mesh: Any, rules: str) -> float:
+    """How many parameter elements this rank holds beyond its shards: each parameter split as the rules
+    say over the mesh axes it names (FSDP: dim 0 over "data", rounded up), so 0 unless something was left
+    whole."""
+    names = mesh.mesh_dim_names
+    sizes = dict(zip(names, mesh.shape, strict=True))
+    specs = resolve(param_entries(model.graph), sizes, rules)
+    extra = 0
+    for entry in param_entries(model.graph):
+        local = list(shard_shape(entry.spec.shape, specs[entry.key].torch, {**sizes, "data": 1}))
+        if rules in ("fsdp", "fsdp_tp"):
+            local[0] = -(-local[0] // sizes["data"])
+        param = model.get_parameter(entry.key)
+        extra += max(0, (param.to_local() if isinstance(param, DTensor) else param).numel() - math.prod(local))
+    return float(extra)
 
 
 def _step(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
@@ -64,9 +84,10 @@ def check_case(case: dict[str, Any], work: Path, rank: int) -> dict[str, float]:
     ckpt = case["checkpoint"]
     reference = tandem.from_pretrained(ckpt, backend="torch")
     model = tandem.from_pretrained(ckpt, backend="torch", mesh=mesh, rules=case["rules"])
+    out = {"held": _held_beyond_shards(model, mesh, case["rules"])}
     ref_logits, ref_grads = _step(reference, batch)
     logits, grads = _step(model, {k: v[rows] for k, v in batch.items()})
-    out = {
+    out |= {
         "logits": _diff(logits, ref_logits[rows]),
         "grads": max(_diff(grads[k], ref_grads[k]) for k in ref_grads if ref_grads[k] is not None),
         "unused": float(sum((grads[k] is None) != (ref_grads[k] is None) for k in ref_grads)),

@@ -7,7 +7,7 @@ node's full path (to find its parameters) and its inputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,7 @@ class Context:
     # A sharded model (sharding.py) runs each layer through its module, so that FSDP's hooks gather its
     # parameters, and projections through its registry (tensor-parallel matmuls).
     run_layer: Callable[..., LayerOutput] = _run_directly
-    impls: dict[type, Callable[..., Any]] | None = None
+    impls: Mapping[type, Callable[..., Any]] | None = None
     _biases: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
 
     def get(self, path: str, name: str) -> Tensor:

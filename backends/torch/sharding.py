@@ -16,6 +16,7 @@ How a sharded model computes (the node kernels are the single-device ones):
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -115,7 +116,7 @@ def parallel_linear(node: n.Linear, path: str, x: Tensor, ctx: ops.Context) -> T
     return F.linear(x, weight, bias).full_tensor()
 
 
-_IMPLS = {**ops.IMPLS, n.Linear: parallel_linear}
+_IMPLS = ChainMap({n.Linear: parallel_linear}, ops.IMPLS)  # a live view: kinds registered later are found
 
 
 def _check_mesh(mesh: Any, rules: str | Rules) -> tuple[str, ...]:
