@@ -74,9 +74,10 @@ class ModelOutput(dict):
         return tuple(dict.__getitem__(self, k) for k in names)
 
 
-def finish(out: dict[str, Any], return_dict: bool) -> ModelOutput | tuple[Any, ...]:
-    """A backend's return value: the :class:`ModelOutput`, or its ``to_tuple()`` for ``return_dict=False``."""
-    if not isinstance(return_dict, bool):
+def finish(out: dict[str, Any], return_dict: bool | None) -> ModelOutput | tuple[Any, ...]:
+    """A backend's return value: the :class:`ModelOutput`, or its ``to_tuple()`` for ``return_dict=False``
+    (None, HF's "the config decides", is True: tandem's configs always return the dict)."""
+    if return_dict is not None and not isinstance(return_dict, bool):
         raise TypeError(f"return_dict must be a bool, got {type(return_dict).__name__}")
     result = ModelOutput(out)
-    return result if return_dict else result.to_tuple()
+    return result if return_dict is not False else result.to_tuple()

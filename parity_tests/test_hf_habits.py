@@ -126,6 +126,9 @@ def test_outputs_index_and_tuple_as_hf(task: str, checkpoints: harness.Checkpoin
             out = model(**inputs, **flags)
             plain = model(**inputs, **flags, return_dict=False)
         assert isinstance(plain, tuple) and len(plain) == len(out.to_tuple()) == len(out)
+        assert isinstance(model(**inputs, return_dict=None), tandem.ModelOutput)  # HF's "config decides"
+        with pytest.raises(TypeError, match="return_dict must be a bool, got str"):
+            model(**inputs, return_dict="no")
         assert out[0] is out.to_tuple()[0] and out[-1] is out.to_tuple()[-1] and len(out[:2]) == 2
         for ours in (_flat(out.to_tuple()), _flat(plain), _flat([out[i] for i in range(len(out))])):
             assert [a.shape for a in ours] == [a.shape for a in reference], backend
