@@ -135,3 +135,12 @@ def test_no_head_mask() -> None:
         model = tandem.build(config, "base", backend=backend, seed=0)
         with pytest.raises(ValueError, match="head_mask is not supported"):
             model(input_ids=ids if backend == "flax" else torch.from_numpy(ids), head_mask=np.ones(2, np.float32))
+
+
+def test_gated_layer_needs_two_halves() -> None:
+    """A gated feed-forward's intermediate gives input and gate: twice what its output reads."""
+    graph = tandem.build_graph(ModernBertConfig(**REFERENCES["modernbert"].tiny), "base")
+    layer = graph.backbone.encoder.layers[1]
+    wrong = layer.intermediate.model_copy(update={"out_features": layer.intermediate.out_features - 2})
+    with pytest.raises(ValueError, match="gated intermediate gives twice"):
+        type(layer).model_validate({**dict(layer), "intermediate": wrong})

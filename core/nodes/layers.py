@@ -242,6 +242,9 @@ class Attention(Node):
     get ``(1 - m) * fill`` added, where ``fill`` is ``mask_fill`` or, for ``"dtype_min"``, the most
     negative finite value of the computation dtype.
 
+    Q/K/V come from ``query``/``key``/``value`` or one fused ``qkv`` (output rows: query, key, value, each
+    heads x head_dim); ``rotary`` rotates queries and keys by the call's positions after the head split.
+
     ``source`` says what the keys and values read: the layer's own input (``"self"``) or the states of a
     separate encoder (``"encoder"``, cross-attention, masked by the encoder's mask and never causal). With a
     KV cache, self-attention keys/values are appended step by step while encoder keys/values are computed
@@ -328,13 +331,19 @@ class TransformerLayer(Node):
     kind: Literal["layer"] = "layer"
     attention: AttentionBlock
     crossattention: AttentionBlock | None = None
-    ffn_norm: LayerNorm | None = None
+    ffn_norm: LayerNorm | None = None  # pre-LN: normalises the feed-forward's input (not its residual)
     # Gated (GLU) feed-forward: ``intermediate`` gives (input, gate) halves and the inner state is
     # ``act(input) * gate`` (HF's ``chunk(2)``), so ``output`` reads half of ``intermediate``'s features.
-    gated: bool = False  # pre-LN: normalises the feed-forward's input (not its residual)
+    gated: bool = False
     intermediate: Projection
     activation: Activation
     output: AddNorm
+
+    @model_validator(mode="after")
+    def _gate_halves(self) -> TransformerLayer:
+        if self.gated and self.intermediate.out_features != 2 * self.output.dense.in_features:
+            raise ValueError(f"{self.path}: a gated intermediate gives twice the features its output reads")
+        return self
 
 
 class Encoder(Node):
