@@ -225,9 +225,12 @@ def _resolve_problem(term: Loss, labels: Mapping[str, ArraySpec]) -> Loss:
     labels' dtype (integers: single-label, else multi-label)."""
     if not isinstance(term, ClassificationLoss) or term.problem_type is not None:
         return term
+    spec = labels[term.labels]
     if term.num_labels == 1:
         problem = "regression"
-    elif labels[term.labels].kind == "int":
+    elif term.soft_labels:
+        problem = "single_label_classification" if spec.shape[1:] in ((), (1,)) else "soft_label_classification"
+    elif spec.kind == "int":
         problem = "single_label_classification"
     else:
         problem = "multi_label_classification"

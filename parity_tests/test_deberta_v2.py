@@ -117,6 +117,20 @@ def test_gradients_match_hf(checkpoints: harness.CheckpointCache) -> None:
     harness.compare_grads("deberta-v2 flax vs HF torch grads", grads_f, grads_hf)
 
 
+def test_float_labels_are_soft_targets(checkpoints: harness.CheckpointCache) -> None:
+    """Sequence classification with (B, num_labels) float labels and no problem type: HF's DeBERTa computes a
+    soft-target cross-entropy (not BERT's multi-label BCE); so does every backend."""
+    case = CASES[2]
+    loaded = checkpoints.load(case.family, case.task, case.config)
+    batch = harness.case_batch(loaded, problem="multi_label_classification")
+    reference = harness.run_torch(loaded.hf, batch)
+    for name, outputs in (
+        ("torch", harness.run_torch(loaded.torch, batch)),
+        ("flax", harness.run_flax(loaded.flax, batch)),
+    ):
+        harness.compare(f"deberta-v2 soft labels {name} vs HF torch", outputs, reference)
+
+
 def test_head_mask_is_rejected(checkpoints: harness.CheckpointCache) -> None:
     """HF's DeBERTa takes no head mask: every backend says so instead of ignoring it."""
     loaded = checkpoints.load("deberta-v2", "base")

@@ -39,6 +39,8 @@ def classification_loss(term: n.ClassificationLoss, path: str, outputs: Mapping,
     logits, target = outputs[term.logits], labels[term.labels]
     if term.problem_type == "single_label_classification":
         return _cross_entropy(logits, target.astype(jnp.int32), -100)
+    if term.problem_type == "soft_label_classification":
+        return -(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1) * target.astype(jnp.float32)).sum(-1).mean()
     logits = logits.astype(jnp.float32)
     if term.problem_type == "regression":
         target = target.astype(jnp.float32)

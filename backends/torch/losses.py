@@ -33,6 +33,8 @@ def classification_loss(term: n.ClassificationLoss, path: str, outputs: Mapping,
         return F.mse_loss(logits.float(), target.to(torch.float32))
     if term.problem_type == "single_label_classification":
         return _cross_entropy(logits, target.long(), -100)
+    if term.problem_type == "soft_label_classification":
+        return -(F.log_softmax(logits.float(), dim=-1) * target.to(torch.float32)).sum(-1).mean()
     return F.binary_cross_entropy_with_logits(logits.float(), target.to(torch.float32))
 
 

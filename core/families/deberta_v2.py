@@ -328,7 +328,11 @@ def _pooled_head(config: DebertaV2Config, classes: int) -> ClassificationHead:
 
 def _sequence_classification(config: DebertaV2Config, prefix: str) -> TaskHeads:
     loss = ClassificationLoss(
-        logits="logits", labels="labels", num_labels=config.num_labels, problem_type=config.problem_type
+        logits="logits",
+        labels="labels",
+        num_labels=config.num_labels,
+        problem_type=config.problem_type,
+        soft_labels=True,
     )
     return TaskHeads([_pooled_head(config, config.num_labels)], [loss])
 

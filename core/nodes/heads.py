@@ -227,7 +227,13 @@ class ClassificationLoss(_Frozen):
     logits: str
     labels: str
     num_labels: int
-    problem_type: Literal["regression", "single_label_classification", "multi_label_classification"] | None
+    problem_type: (
+        Literal["regression", "single_label_classification", "multi_label_classification", "soft_label_classification"]
+        | None
+    )
+    # problem_type unset and labels (B, num_labels): a soft-target cross-entropy ``-(log_softmax(logits) *
+    # labels).sum(-1).mean()`` instead of multi-label BCE, whatever the labels' dtype (HF's DeBERTa rule)
+    soft_labels: bool = False
 
 
 class SpanLoss(_Frozen):
