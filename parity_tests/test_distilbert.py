@@ -44,7 +44,7 @@ def test_every_registered_task_has_a_case() -> None:
 
 @pytest.mark.parametrize("overrides", [pytest.param({}, marks=SLOW), SINUSOIDAL], ids=["learned", "sinusoidal"])
 def test_gradients(overrides: dict, checkpoints: harness.CheckpointCache) -> None:
-    """Loss and every gradient: torch vs flax vs HF PyTorch. A sinusoidal table gets none (HF freezes it)."""
+    """Loss and every gradient: torch vs flax vs NNX vs HF PyTorch. A sinusoidal table gets none (HF freezes it)."""
     loaded = checkpoints.load("distilbert", "masked_lm", overrides)
     batch = harness.case_batch(loaded)
     loss_t, grads_t = harness.torch_grads(loaded.torch, batch)
@@ -54,11 +54,14 @@ def test_gradients(overrides: dict, checkpoints: harness.CheckpointCache) -> Non
     assert abs(loss_t - loss_hf) <= 1e-5 * max(1.0, abs(loss_hf))
     harness.compare_grads("distilbert grads flax vs torch", grads_f, grads_t)
     harness.compare_grads("distilbert grads torch vs HF torch", grads_t, grads_hf)
+    loss_n, grads_n = harness.nnx_grads(loaded.nnx, batch)
+    assert abs(loss_t - loss_n) <= 1e-5 * max(1.0, abs(loss_t))
+    harness.compare_grads("distilbert grads nnx vs torch", grads_n, grads_t)
     table = "distilbert.embeddings.position_embeddings.weight"
-    assert (not np.any(grads_t[table]) and not np.any(grads_f[table])) == bool(overrides)
+    assert all(not np.any(grads[table]) for grads in (grads_t, grads_f, grads_n)) == bool(overrides)
 
 
-def test_sinusoidal_table_is_hf_and_a_parameter(tmp_path) -> None:
+def test_sinusoidal_table_is_hf_and_a_parameter() -> None:
     """The table is HF's values exactly, initialised so by tandem, saved as a parameter (HF PyTorch keeps it
     in its checkpoints), and absent from the HF Flax tree only as the graph declares."""
     config = tandem.DistilBertConfig(**REFERENCES["distilbert"].tiny, **SINUSOIDAL)

@@ -57,7 +57,7 @@ def test_every_registered_task_has_a_case() -> None:
 
 @pytest.mark.parametrize("task", ["pretraining", pytest.param("masked_lm", marks=SLOW)])
 def test_gradients(task: str, checkpoints: harness.CheckpointCache) -> None:
-    """Loss and every parameter's gradient: torch vs flax vs HF PyTorch (the discriminator's masked BCE, the
+    """Loss and every parameter's gradient: torch vs flax vs NNX vs HF PyTorch (the discriminator's masked BCE, the
     tied generator, the embedding projection)."""
     loaded = checkpoints.load("electra", task)
     batch = harness.case_batch(loaded)
@@ -68,6 +68,9 @@ def test_gradients(task: str, checkpoints: harness.CheckpointCache) -> None:
     assert abs(loss_t - loss_hf) <= 1e-5 * max(1.0, abs(loss_hf))
     harness.compare_grads("electra grads flax vs torch", grads_f, grads_t)
     harness.compare_grads("electra grads torch vs HF torch", grads_t, grads_hf)
+    loss_n, grads_n = harness.nnx_grads(loaded.nnx, batch)
+    assert abs(loss_t - loss_n) <= 1e-5 * max(1.0, abs(loss_t))
+    harness.compare_grads("electra grads nnx vs torch", grads_n, grads_t)
 
 
 def test_discriminator_loss_without_mask(checkpoints: harness.CheckpointCache) -> None:
@@ -84,7 +87,7 @@ def test_discriminator_loss_without_mask(checkpoints: harness.CheckpointCache) -
 
 
 def test_cached_generation_matches_hf(checkpoints: harness.CheckpointCache) -> None:
-    """Greedy decoding with a KV cache gives HF PyTorch's tokens in both backends, from a left-padded batch."""
+    """Greedy decoding with a KV cache gives HF PyTorch's tokens in every backend, from a left-padded batch."""
     loaded = checkpoints.load("electra", "causal_lm")
     ids = np.array([[0, 0, 5, 17, 42], [3, 9, 27, 8, 61]], np.int64)
     mask = (np.arange(5)[None, :] >= np.array([[2], [0]])).astype(np.int64)
@@ -96,7 +99,7 @@ def test_cached_generation_matches_hf(checkpoints: harness.CheckpointCache) -> N
             do_sample=False,
             pad_token_id=0,
         ).numpy()
-    for model in (loaded.torch, loaded.flax):
+    for model in (loaded.torch, loaded.flax, loaded.nnx):
         out = tandem.generate(model, ids, attention_mask=mask, max_new_tokens=6)
         np.testing.assert_array_equal(np.asarray(out), expected)
 
