@@ -121,3 +121,10 @@ def test_cached_generation_matches_hf(checkpoints: harness.CheckpointCache) -> N
 def test_config_errors(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tandem.ElectraConfig(**{**REFERENCES["electra"].tiny, **overrides})
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_discriminator_labels_must_be_per_token(backend: str) -> None:
+    model = tandem.build(tandem.ElectraConfig(**REFERENCES["electra"].tiny), task="pretraining", backend=backend)
+    with pytest.raises(ValueError, match=r"labels must have shape \(1, 3\)"):
+        model(input_ids=np.array([[1, 2, 3]]), labels=np.array([[0, 1]]))
