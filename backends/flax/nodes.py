@@ -158,10 +158,9 @@ def embeddings(
     ctx: Context,
 ) -> Array:
     def lookup(table: n.Embed, ids: Array) -> Array:
-        weights = ctx.get(n.join(path, table.path))["embedding"]
-        if table.table == "sinusoidal":  # a fixed table: no gradient, as HF PyTorch's requires_grad=False
-            weights = jax.lax.stop_gradient(weights)
-        out = ctx.cast(jnp.take(weights, ids, axis=0))
+        weights = ctx.get(n.join(path, table.path))["embedding"]  # a sinusoidal one is fixed: HF's requires_grad=False
+        fixed = jax.lax.stop_gradient(weights) if table.table == "sinusoidal" else weights
+        out = ctx.cast(jnp.take(fixed, ids, axis=0))
         if table.padding_idx is None:
             return out
         # The padding row gets no gradient from lookups, as HF PyTorch's nn.Embedding(padding_idx).
