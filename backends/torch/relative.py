@@ -113,7 +113,7 @@ def relative_encoder(
     pairs = (keep[:, None, :] & keep[:, :, None])[:, None]  # (B, 1, S, S): query and key both kept
     first = x
     for i, layer in enumerate(node.layers):
-        run = relative_layer(layer, n.join(path, layer.path), x, pairs, table, node.dropout, ctx)
+        run = ctx.run_layer(relative_layer, layer, n.join(path, layer.path), x, pairs, table, node.dropout, ctx)
         x = run.hidden
         if i == 0 and node.conv is not None:
             x = conv_layer(node.conv, n.join(path, node.conv.path), first, x, mask, ctx)

@@ -59,7 +59,7 @@ class Sharding:
     def prepare(self, ctx: ops.Context) -> None:
         """Point a call's context at the parameters as registered when used, the layers' modules and the
         tensor-parallel projection."""
-        ctx.params = _Params(self.slots)  # type: ignore[assignment]
+        ctx.params = _Params(self.slots, self.fsdp)  # type: ignore[assignment]
         ctx.run_layer = self.run_layer
         ctx.impls = _IMPLS
 
@@ -81,12 +81,20 @@ class _Params(Mapping[str, Tensor]):
     """The parameters as a kernel reads them, looked up when used: a DTensor is gathered (a replicated one
     is its local tensor), a plain tensor (one FSDP has gathered) is itself."""
 
-    def __init__(self, slots: dict[str, tuple[nn.Module, str]]) -> None:
+    def __init__(self, slots: dict[str, tuple[nn.Module, str]], fsdp: bool) -> None:
         self.slots = slots
+        self.fsdp = fsdp
 
     def raw(self, key: str) -> Tensor:
         module, name = self.slots[key]
-        return module._parameters[name]
+        value = module._parameters[name]
+        if self.fsdp and isinstance(value, DTensor) and DATA in (value.device_mesh.mesh_dim_names or (DATA,)):
+            # Still split over "data": its FSDP unit did not gather it, so its gradient would not be reduced.
+            raise RuntimeError(
+                f"{key} is read outside its layer's FSDP unit: the kernel that runs its layer must call it "
+                "through Context.run_layer"
+            )
+        return value
 
     def __getitem__(self, key: str) -> Tensor:
         value = self.raw(key)
