@@ -234,7 +234,8 @@ def _resolve_problem(term: Loss, labels: Mapping[str, ArraySpec]) -> Loss:
         problem = "single_label_classification"
     else:
         problem = "multi_label_classification"
-    return term.model_copy(update={"problem_type": problem})
+    flatten = term.soft_labels and problem == "regression"
+    return term.model_copy(update={"problem_type": problem, "flatten_logits": flatten})
 
 
 # ------------------------------------------------------------------------------------- execution
@@ -404,6 +405,9 @@ def run_call(
     if plan.losses:
         # Loss terms read their labels and, for a term that weighs positions, the attention mask as given.
         given = {**labels, ATTENTION_MASK: inputs["attention_mask"] if plan.mask_given else None}
+        for term in plan.losses:
+            if isinstance(term, ClassificationLoss) and term.flatten_logits:
+                out[term.logits] = out[term.logits].reshape(-1)
         out = {"loss": sum(rt(term, "", out, given) for term in plan.losses), **out}
     return out
 

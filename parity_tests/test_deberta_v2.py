@@ -46,6 +46,10 @@ CASES: list[Case] = [
         "sequence_classification",
         {**UNSHARED, "pos_att_type": "p2c", "norm_rel_ebd": "none", "conv_kernel_size": 0, "num_labels": 3},
     ),
+    # num_labels=1, labels given: HF returns the logits flattened to (B,) (its regression branch)
+    Case(
+        "deberta-v2", "sequence_classification", {"num_labels": 1, "position_buckets": 2, "max_relative_positions": 3}
+    ),
     Case("deberta-v2", "multiple_choice", {"relative_attention": False, "position_biased_input": True}),
     Case(
         "deberta-v2",

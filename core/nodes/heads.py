@@ -234,6 +234,8 @@ class ClassificationLoss(_Frozen):
     # problem_type unset and labels (B, num_labels): a soft-target cross-entropy ``-(log_softmax(logits) *
     # labels).sum(-1).mean()`` instead of multi-label BCE, whatever the labels' dtype (HF's DeBERTa rule)
     soft_labels: bool = False
+    # set by the call plan: with soft_labels, an inferred regression returns its logits flattened to (B,), as HF
+    flatten_logits: bool = False
 
 
 class SpanLoss(_Frozen):
