@@ -84,7 +84,10 @@ def check_case(case: dict[str, Any], work: Path, rank: int) -> dict[str, float]:
     ckpt = case["checkpoint"]
     reference = tandem.from_pretrained(ckpt, backend="torch")
     model = tandem.from_pretrained(ckpt, backend="torch", mesh=mesh, rules=case["rules"])
-    out = {"held": _held_beyond_shards(model, mesh, case["rules"])}
+    out = {
+        "held": _held_beyond_shards(model, mesh, case["rules"]),
+        "state_dict_keys": float(list(model.state_dict()) != list(reference.state_dict())),  # HF's, in order
+    }
     ref_logits, ref_grads = _step(reference, batch)
     logits, grads = _step(model, {k: v[rows] for k, v in batch.items()})
     out |= {

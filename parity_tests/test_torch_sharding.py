@@ -100,8 +100,9 @@ def _spawn(tmp_path: Path, world: int, plan: list[tuple[str, str, tuple[int, ...
 
 
 def _check(results: dict) -> None:
-    """Every difference within ATOL; the flags (``saved_keys``, ``unused``, ``tp_on_data_axis``: a wrong key
-    set, a gradient present on one side only, a missing error) are counts, so 0."""
+    """Every difference within ATOL; the flags (``saved_keys``, ``state_dict_keys``, ``unused``, ``held``,
+    ``tp_on_data_axis``: a wrong key set, a gradient present on one side only, elements held beyond a shard, a
+    missing error) are counts, so 0."""
     for rank, cases in results.items():
         for name, diffs in cases.items():
             worst = max(diffs, key=diffs.get)
