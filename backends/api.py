@@ -163,8 +163,8 @@ def save_pretrained(
     model writes its transformer's checkpoint and its pooling as sentence-transformers modules
     (``modules.json``, ``1_Pooling/``), so that sentence-transformers and ``from_pretrained`` read it back.
 
-    A model sharded on a torch DeviceMesh: call it on every rank; the tensors are gathered one at a time and
-    rank 0 writes the full checkpoint (``docs/scale-out.md``).
+    A sharded model (``mesh=``): call it on every rank / process; the tensors are gathered one at a time and
+    rank / process 0 writes the full checkpoint (``docs/scale-out.md``).
     """
     graph = getattr(model, "graph", None)
     if graph is None:

@@ -169,8 +169,6 @@ def create(
     """A :class:`TorchModel` sharded on ``mesh`` by ``rules``, in eval mode. Each rank copies in only its
     slice of every parameter from ``weights`` (memory-mapped checkpoint views, or per-parameter fresh
     weights), so no rank holds the whole model."""
-    if rules is None:
-        raise ValueError("rules is required with mesh: 'fsdp', 'tp', 'fsdp_tp' or (logical axis, mesh axis) pairs")
     names = _check_mesh(mesh, rules)
     entries = param_entries(graph)
     specs = resolve(entries, dict(zip(names, mesh.shape, strict=True)), rules)
