@@ -24,6 +24,7 @@ CASES = {
     # 4 layers in 2 groups of 2 inner layers: hidden_states.2 is the output of group 0's second run
     "shared layer": ("albert", "base", "hidden_states.2", "encoder.albert_layer_groups.0.albert_layers.1 (run 2 of 2)"),
     "conv layer": ("squeezebert", "masked_lm", "attentions.0", "transformer.encoder.layers.0 attention"),
+    "final norm": ("roberta-prelayernorm", "masked_lm", "last_hidden_state", "roberta_prelayernorm.LayerNorm"),
 }
 
 

@@ -351,6 +351,8 @@ def forward_order(graph: ModelGraph) -> list[tuple[str, str]]:
             order.append((f"attentions.{attention}", f"{node} attention"))
             attention += 1
         order.append((f"hidden_states.{step + 1}", node))
+    if backbone.final_norm is not None:  # pre-LN stacks: the final norm makes last_hidden_state
+        node = join(backbone.path, backbone.final_norm.path)
     order.append(("last_hidden_state", node))
     if backbone.pooler is not None:
         order.append(("pooler_output", join(backbone.path, backbone.pooler.path)))
