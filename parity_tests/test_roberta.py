@@ -10,6 +10,7 @@ position ids (positions then continue from the cached length) and by greedy gene
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import harness
@@ -168,3 +169,20 @@ def test_config_defaults_are_hf(family: str) -> None:
     assert type(ours).model_type == theirs.model_type == family
     for name in type(ours).model_fields:
         assert getattr(ours, name) == getattr(theirs, name), name
+
+
+@pytest.mark.parametrize(("family", "task"), [("roberta", "multiple_choice"), ("roberta-prelayernorm", "masked_lm")])
+def test_hf_flax_checkpoints_load(family: str, task: str, checkpoints: harness.CheckpointCache, tmp_path: Path) -> None:
+    """A ``flax_model.msgpack`` written by HF Flax's own ``save_pretrained`` (its class in ``architectures``)
+    loads in both backends and gives the outputs of the HF PyTorch checkpoint it came from."""
+    loaded = checkpoints.load(family, task)
+    hf_flax = loaded.hf_flax
+    with harness.quiet():
+        hf_flax.model.save_pretrained(tmp_path, params=hf_flax.params)
+    batch = harness.case_batch(loaded)
+    expected = harness.run_torch(loaded.torch, batch)
+    for backend in ("torch", "flax"):
+        model = tandem.from_pretrained(tmp_path, backend=backend)
+        assert model.task == task
+        run = harness.run_torch if backend == "torch" else harness.run_flax
+        harness.compare(f"{family} HF Flax checkpoint in {backend}", run(model, batch), expected)
