@@ -3,6 +3,8 @@ the sinusoidal position table; HF's config names. One case table and one call pe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import harness
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from harness import REFERENCES, Case
 
 import tandem
 from tandem.core.params import param_entries, sinusoidal_table
+from tandem.tools.references import hf_torch_model
 
 SINUSOIDAL = {"sinusoidal_pos_embds": True}
 
@@ -92,3 +95,15 @@ def test_config_takes_hf_names() -> None:
         tandem.DistilBertConfig(seq_classif_dropout=1.0)
     with pytest.raises(ValueError, match="question_answering needs num_labels == 2"):
         tandem.build_graph(tandem.DistilBertConfig(num_labels=3), "question_answering")
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_our_save_loads_in_hf(backend: str, tmp_path: Path, checkpoints: harness.CheckpointCache) -> None:
+    """tandem's save_pretrained of a loaded model (from either backend) is a checkpoint HF PyTorch loads and
+    runs to the same outputs."""
+    loaded = checkpoints.load("distilbert", "masked_lm", SINUSOIDAL)
+    model = loaded.torch if backend == "torch" else loaded.flax
+    tandem.save_pretrained(model, tmp_path)
+    batch = harness.case_batch(loaded)
+    ours = harness.run_torch(hf_torch_model(tmp_path, "distilbert", "masked_lm"), batch)
+    harness.compare("distilbert HF torch on our save", ours, harness.run_torch(loaded.hf, batch))

@@ -3,6 +3,8 @@ cached generation; config errors. One case table and one call per case on the sh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import harness
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from harness import REFERENCES, Case
 
 import tandem
+from tandem.tools.references import hf_torch_model
 
 # HF Flax runs on one case per task. Variants: the multiple-choice summary's other pools, activation and first
 # dropout (HF Flax's summary always takes the first position); behind -m slow (suite time): E == H (no
@@ -128,3 +131,15 @@ def test_discriminator_labels_must_be_per_token(backend: str) -> None:
     model = tandem.build(tandem.ElectraConfig(**REFERENCES["electra"].tiny), task="pretraining", backend=backend)
     with pytest.raises(ValueError, match=r"labels must have shape \(1, 3\)"):
         model(input_ids=np.array([[1, 2, 3]]), labels=np.array([[0, 1]]))
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_our_save_loads_in_hf(backend: str, tmp_path: Path, checkpoints: harness.CheckpointCache) -> None:
+    """tandem's save_pretrained of a loaded model (from either backend) is a checkpoint HF PyTorch loads and
+    runs to the same outputs."""
+    loaded = checkpoints.load("electra", "pretraining", {})
+    model = loaded.torch if backend == "torch" else loaded.flax
+    tandem.save_pretrained(model, tmp_path)
+    batch = harness.case_batch(loaded)
+    ours = harness.run_torch(hf_torch_model(tmp_path, "electra", "pretraining"), batch)
+    harness.compare("electra HF torch on our save", ours, harness.run_torch(loaded.hf, batch))
