@@ -21,6 +21,7 @@ from harness import REFERENCES, Case
 from transformers.cache_utils import DynamicCache
 
 import tandem
+from tandem.tools.references import hf_torch_model
 
 FAMILIES = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm")
 PAD = REFERENCES["roberta"].tiny["pad_token_id"]
@@ -186,3 +187,22 @@ def test_hf_flax_checkpoints_load(family: str, task: str, checkpoints: harness.C
         assert model.task == task
         run = harness.run_torch if backend == "torch" else harness.run_flax
         harness.compare(f"{family} HF Flax checkpoint in {backend}", run(model, batch), expected)
+
+
+def test_convert_and_saves_load_in_hf(checkpoints: harness.CheckpointCache, tmp_path: Path) -> None:
+    """``tandem convert`` to HF Flax's msgpack and back loads with the same outputs, and HF PyTorch's class
+    loads what tandem's flax model saves (pre-LN names, the final norm, the tied LM head)."""
+    from tandem.tools.cli import main
+
+    loaded = checkpoints.load("roberta-prelayernorm", "masked_lm")
+    batch = harness.case_batch(loaded)
+    expected = harness.run_torch(loaded.hf, batch)
+    assert main(["convert", "--to", "flax", "--quiet", str(loaded.directory), str(tmp_path / "flax")]) == 0
+    assert main(["convert", "--to", "torch", "--quiet", str(tmp_path / "flax"), str(tmp_path / "torch")]) == 0
+    for path, backend in ((tmp_path / "flax", "flax"), (tmp_path / "torch", "torch")):
+        model = tandem.from_pretrained(path, backend=backend)
+        run = harness.run_torch if backend == "torch" else harness.run_flax
+        harness.compare(f"converted to {backend}", run(model, batch), expected)
+    tandem.save_pretrained(loaded.flax, tmp_path / "saved")
+    hf = hf_torch_model(tmp_path / "saved", "roberta-prelayernorm", "masked_lm")
+    harness.compare("HF torch on tandem's save", harness.run_torch(hf, batch), expected)
