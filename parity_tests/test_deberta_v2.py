@@ -166,3 +166,21 @@ def test_config_reads_hf_strings() -> None:
     """``pos_att_type`` as HF's ``"p2c|c2p"`` string, ``max_relative_positions`` -1 as the position limit."""
     config = DebertaV2Config(pos_att_type="P2C|c2p", relative_attention=True, max_relative_positions=-1)
     assert config.position_terms == ("p2c", "c2p") and config.span == config.max_position_embeddings
+
+
+def test_config_defaults_are_hf() -> None:
+    """Every field HF's config class sets defaults as there; the fields HF reads with ``getattr`` default to
+    the values its modules fall back to; ``model_type`` is HF's."""
+    import transformers
+
+    ours, theirs = DebertaV2Config(), transformers.DebertaV2Config()
+    assert DebertaV2Config.model_type == theirs.model_type
+    fallbacks = {"position_buckets": -1, "share_att_key": False, "norm_rel_ebd": "none", "conv_kernel_size": 0}
+    fallbacks |= {"conv_groups": 1, "conv_act": "tanh", "cls_dropout": None}
+    for name in DebertaV2Config.model_fields:
+        if name in ("embedding_size", "pooler_hidden_size"):  # None: hidden_size, as HF
+            assert getattr(ours, name) is None and getattr(theirs, name, ours.hidden_size) == ours.hidden_size
+        elif hasattr(theirs, name):
+            assert getattr(ours, name) == getattr(theirs, name), name
+        else:
+            assert getattr(ours, name) == fallbacks[name], name
