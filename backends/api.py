@@ -134,6 +134,8 @@ def from_pretrained(
     _check_names(task, backend)
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    if "torch_dtype" in config_overrides:  # HF configs often hold a torch_dtype field, which changes nothing
+        raise TypeError("from_pretrained takes dtype='float32'|'bfloat16'|'float16' (every backend), not torch_dtype")
     directory = checkpoint_directory(resolve(path, revision, argument="path"), "path")
     directory, task, sentence = sentence_task(directory, task, pooling, normalize)
     config = config_from_hf(directory)

@@ -172,11 +172,12 @@ def test_config_overrides_resize_the_head(checkpoints: harness.CheckpointCache) 
         ({"hidden_dropout_prob": 1.5}, r"from_pretrained: hidden_dropout_prob must be in \[0, 1\)"),
         ({"num_labels": 3, "id2label": {0: "a"}}, r"from_pretrained: num_labels=3 but id2label names 1 labels"),
         ({"hidden_size": 48}, r"shape mismatch:\n  .*embeddings"),
+        ({"torch_dtype": "bfloat16"}, r"from_pretrained takes dtype='float32'\|'bfloat16'\|'float16'"),
     ],
 )
 def test_config_override_errors(overrides: dict, message: str, checkpoints: harness.CheckpointCache) -> None:
     for backend in BACKENDS:
-        with pytest.raises((ValueError, tandem.CheckpointError), match=message):
+        with pytest.raises((ValueError, TypeError, tandem.CheckpointError), match=message):
             tandem.from_pretrained(checkpoints.get("sequence_classification").directory, backend=backend, **overrides)
 
 
