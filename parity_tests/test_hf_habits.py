@@ -72,6 +72,18 @@ def test_hub_id_resolves_through_the_offline_cache(offline_cache: Path, director
     )
 
 
+def test_hub_id_in_the_command(offline_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``tandem inspect`` and ``tandem convert`` take a Hub id too (``tandem parity``: the padded-batch test)."""
+    import json
+
+    from tandem.tools.cli import main
+
+    assert main(["inspect", REPO, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["hidden_size"] == 384
+    assert main(["convert", REPO, str(tmp_path / "flax"), "--to", "flax", "--quiet"]) == 0
+    assert (tmp_path / "flax" / "flax_model.msgpack").is_file() and (tmp_path / "flax" / "tokenizer.json").is_file()
+
+
 def test_hub_id_errors(offline_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(FileNotFoundError, match=r"'org/absent' .*HF_HUB_OFFLINE is set.*not in the HF cache"):
         tandem.from_pretrained("org/absent")

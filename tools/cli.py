@@ -21,6 +21,7 @@ from typing import NoReturn
 from .. import __version__, build_graph, config_from_hf, summary
 from ..core import FAMILIES, Family
 from ..core.checkpoint import task_for_checkpoint
+from ..core.hub import resolve
 from ..core.params import count_params
 
 
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect", parents=[common], help="print a config, its layer graph and parameter counts"
     )
-    inspect.add_argument("path", help="HF checkpoint directory or config.json")
+    inspect.add_argument("path", help="HF checkpoint directory, config.json or Hub id")
     inspect.add_argument("--task", help="task to build (default: from the config's architectures, else base)")
     inspect.add_argument("--json", action="store_true", help="print the config and parameter counts as JSON")
 
@@ -208,7 +209,7 @@ def _small_models(family: str | None, task: str | None) -> list[tuple[Family, st
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    config = config_from_hf(args.path)
+    config = config_from_hf(resolve(args.path, weights=False))  # a Hub id: its cached snapshot
     task = args.task or task_for_checkpoint(config) or "base"
     graph = build_graph(config, task)
     backbone = graph.backbone

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from ..core.checkpoint import plan_conversion, read_weights
 from ..core.families import config_from_hf
+from ..core.hub import resolve
 from ..core.io import FORMATS, Format, Layout, checkpoint_directory, float_dtype, nbytes, parse_size, write_checkpoint
 
 # The formats each framework's HF classes load; the first is the default.
@@ -86,7 +87,7 @@ def convert(
     ``progress(total_bytes)`` returns a callback called with each tensor's name and size as it is written.
     """
     start = time.perf_counter()
-    source = checkpoint_directory(source, "source")
+    source = checkpoint_directory(resolve(source, argument="source"), "source")  # a Hub id: its cached snapshot
     if not isinstance(destination, (str, os.PathLike)):
         raise TypeError(
             f"destination must be a str or os.PathLike naming a directory, got {type(destination).__name__}"
