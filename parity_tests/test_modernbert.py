@@ -19,6 +19,7 @@ import torch
 from harness import REFERENCES, Case
 
 import tandem
+from tandem.backends.flax import long_attention
 from tandem.core.families.modernbert import ModernBertConfig
 from tandem.tools.references import quiet
 
@@ -64,9 +65,14 @@ def _long_batch(loaded: harness.Loaded, length: int = 64) -> harness.Batch:
     return batch
 
 
-def test_banded_local_attention_matches_hf(checkpoints: harness.CheckpointCache) -> None:
+def test_banded_local_attention_matches_hf(
+    checkpoints: harness.CheckpointCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Long padded inputs with shifted ``position_ids`` and without attention maps (the banded kernel in every
-    backend) against HF PyTorch's full masked computation, eager and SDPA: every hidden state, the logits."""
+    backend) against HF PyTorch's full masked computation, eager and SDPA: every hidden state, the logits.
+    The flax global layers run their long-input path too (query chunks, from 32 positions here)."""
+    monkeypatch.setattr(long_attention, "MIN_LENGTH", 32)
+    monkeypatch.setattr(long_attention, "QUERY_CHUNK", 24)  # not a divisor of the length
     loaded = checkpoints.load("modernbert", "masked_lm")
     batch = _long_batch(loaded)
     ours = {

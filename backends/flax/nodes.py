@@ -20,10 +20,11 @@ from ...core.call import CrossInputs, EncoderOutput, HeadInputs, LayerOutput, lo
 from .block_sparse import block_sparse_attention
 from .glu import glu
 from .local_attention import banded_attention, window_bias
+from .long_attention import chunked_attention
 from .losses import LOSSES
 from .pooling import sentence_pooling
 from .prediction import prediction_head
-from .rotary import fused_part, rotate
+from .rotary import project_part, rotate
 
 Array = jax.Array
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -209,8 +210,7 @@ def mask_bias(node: n.Attention, mask: Array, query_len: int, dtype: Any, offset
 
 def _heads(node: n.Attention, part: str, path: str, x: Array, ctx: Context) -> Array:
     """(B, S, H) -> the projection ``part`` (query, key, value), split into heads (B, h, S, d), rotated."""
-    proj = getattr(node, part)
-    y = fused_part(node, part, path, x, ctx) if proj is None else project(proj, n.join(path, proj.path), x, ctx)
+    y = project_part(node, part, path, x, ctx, project)
     y = y.reshape(x.shape[0], x.shape[1], node.num_heads, node.head_dim).transpose(0, 2, 1, 3)
     return rotate(node, part, y, ctx.positions)
 
@@ -238,8 +238,9 @@ def attention(
     q = _heads(node, "query", path, x, ctx)
     k, v = kv if kv is not None else keys_values(node, path, x, ctx)
     variant = node.variant
-    if (banded := banded_attention(node, q, k, v, mask, head_mask, offset, ctx)) is not None:
-        return banded, None
+    for fast_path in (banded_attention, chunked_attention):  # long inputs: the same rows, less memory
+        if (fast := fast_path(node, q, k, v, mask, head_mask, offset, ctx)) is not None:
+            return fast, None
     if isinstance(variant, n.BlockSparseAttention) and ctx.block_sparse:
         plan = random_blocks(
             s // variant.block_size,
@@ -443,8 +444,7 @@ def lm_head(node: n.LMHead, path: str, inputs: HeadInputs, ctx: Context) -> Arra
     x = ACTIVATIONS[node.activation](linear(node.transform, n.join(path, node.transform.path), inputs.sequence, ctx))
     x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
     decoder = node.decoder
-    bias_path = path if node.bias else (n.join(path, decoder.path) if decoder.bias else None)
-    bias = 0.0 if bias_path is None else ctx.cast(ctx.get(bias_path)["bias"])
+    bias = 0.0 if node.bias_path is None else ctx.cast(ctx.get(n.join(path, node.bias_path))["bias"])
     if decoder.tied_to is None:
         return jnp.matmul(x, ctx.cast(ctx.get(n.join(path, decoder.path))["kernel"])) + bias
     # Tied: contract with the (V, H) embedding directly; a transposed view would make XLA copy the table.

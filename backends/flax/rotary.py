@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -14,9 +15,13 @@ Array = jax.Array
 _PARTS = ("query", "key", "value")
 
 
-def fused_part(node: n.Attention, part: str, path: str, x: Array, ctx: Any) -> Array:
-    """The ``part`` (query, key or value) of the fused ``qkv`` projection of ``x``, for the attention at
-    ``path``: kernel columns ``[i * H, (i + 1) * H)`` (HF's ``view(..., 3, heads, head_dim)``), (B, S, H)."""
+def project_part(node: n.Attention, part: str, path: str, x: Array, ctx: Any, project: Callable[..., Array]) -> Array:
+    """The ``part`` (query, key or value) of the attention at ``path`` applied to ``x``, (B, S, H): its own
+    projection (run by ``project``), or kernel columns ``[i * H, (i + 1) * H)`` of the fused ``qkv`` (HF's
+    ``view(..., 3, heads, head_dim)``)."""
+    proj = getattr(node, part)
+    if proj is not None:
+        return project(proj, n.join(path, proj.path), x, ctx)
     params = ctx.get(n.join(path, node.qkv.path))
     width = node.num_heads * node.head_dim
     cols = slice(_PARTS.index(part) * width, (_PARTS.index(part) + 1) * width)

@@ -24,7 +24,7 @@ from .local_attention import banded_attention, window_bias
 from .losses import LOSSES
 from .pooling import sentence_pooling
 from .prediction import prediction_head
-from .rotary import fused_part, rotate
+from .rotary import project_part, rotate
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -174,8 +174,7 @@ def mask_bias(node: n.Attention, mask: Tensor, query_len: int, dtype: torch.dtyp
 
 def _heads(node: n.Attention, part: str, path: str, x: Tensor, ctx: Context) -> Tensor:
     """(B, S, H) -> the projection ``part`` (query, key, value), split into heads (B, h, S, d), rotated."""
-    proj = getattr(node, part)
-    y = fused_part(node, part, path, x, ctx.params) if proj is None else project(proj, n.join(path, proj.path), x, ctx)
+    y = project_part(node, part, path, x, ctx, project)
     y = y.view(x.shape[0], x.shape[1], node.num_heads, node.head_dim).transpose(1, 2)
     return rotate(node, part, y, ctx.positions)
 
@@ -341,8 +340,7 @@ def lm_head(node: n.LMHead, path: str, inputs: HeadInputs, ctx: Context) -> Tens
     x = layer_norm(node.norm, n.join(path, node.norm.path), x, ctx)
     decoder = node.decoder
     weight = ctx.get(decoder.tied_to if decoder.tied_to is not None else n.join(path, decoder.path), "weight")
-    bias_path = path if node.bias else (n.join(path, decoder.path) if decoder.bias else None)
-    return F.linear(x, weight, None if bias_path is None else ctx.get(bias_path, "bias"))
+    return F.linear(x, weight, None if node.bias_path is None else ctx.get(n.join(path, node.bias_path), "bias"))
 
 
 def dense_head(node: n.DenseHead, path: str, inputs: HeadInputs, ctx: Context) -> Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -11,10 +14,16 @@ from ...core import nodes as n
 _PARTS = ("query", "key", "value")
 
 
-def fused_part(node: n.Attention, part: str, path: str, x: Tensor, params: dict[str, Tensor]) -> Tensor:
-    """The ``part`` (query, key or value) of the fused ``qkv`` projection of ``x``: its rows
-    ``[i * H, (i + 1) * H)`` (HF's ``view(..., 3, heads, head_dim)``), (B, S, H)."""
-    fused = node.qkv
+def project_part(
+    node: n.Attention, part: str, path: str, x: Tensor, ctx: Any, project: Callable[..., Tensor]
+) -> Tensor:
+    """The ``part`` (query, key or value) of the attention at ``path`` applied to ``x``, (B, S, H): its own
+    projection (run by ``project``), or rows ``[i * H, (i + 1) * H)`` of the fused ``qkv`` (HF's
+    ``view(..., 3, heads, head_dim)``)."""
+    proj = getattr(node, part)
+    if proj is not None:
+        return project(proj, n.join(path, proj.path), x, ctx)
+    params, fused = ctx.params, node.qkv
     width = node.num_heads * node.head_dim
     rows = slice(_PARTS.index(part) * width, (_PARTS.index(part) + 1) * width)
     weight = params[n.join(path, fused.path, "weight")][rows]

@@ -60,6 +60,11 @@ class LMHead(Node):
             raise ValueError("an LM head has one vocabulary bias: the head's or the decoder's, not both")
         return self
 
+    @property
+    def bias_path(self) -> str | None:
+        """Where the vocabulary bias lives, relative to the head: the head itself, its decoder, or nowhere."""
+        return "" if self.bias else (self.decoder.path if self.decoder.bias else None)
+
     def param_specs(self) -> list[ParamSpec]:
         if not self.bias:
             return []
