@@ -59,12 +59,14 @@ def _held_beyond_shards(model: Any, mesh: Any, rules: str) -> float:
 
 
 def _step(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
-    """Logits, then gradients of the loss, then one AdamW step; returns the logits and the gradients."""
+    """Logits, then gradients of the loss, then one AdamW step; returns the logits and the gradients. The
+    optimiser is made after the forward, when an FSDP model must already show its sharded parameters again."""
     out = model(**batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     out.loss.backward()
     grads = {e.key: model.get_parameter(e.key).grad for e in param_entries(model.graph)}
     grads = {k: None if g is None else _full(g) for k, g in grads.items()}  # None: unused (BigBird's pooler)
-    torch.optim.AdamW(model.parameters(), lr=1e-2).step()
+    optimizer.step()
     return out.logits.detach(), grads
 
 

@@ -193,7 +193,10 @@ def create(
             if isinstance(node, n.TransformerLayer) and path not in layers:  # a shared layer is one unit
                 layers[path] = model.get_submodule(path)
                 fully_shard(layers[path], mesh=data)
-        fully_shard(model, mesh=data)
+        # The root too frees its gathered parameters after the forward (FSDP2 keeps them by default), so
+        # that model.parameters() are the sharded ones between calls: an optimiser made after a forward
+        # would otherwise hold gathered copies that never receive the reduced gradients.
+        fully_shard(model, mesh=data, reshard_after_forward=True)
     model.to_empty(device=_device(mesh))
     with torch.no_grad():
         for entry in entries:
