@@ -41,7 +41,7 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((_full(a).detach() - b.detach()).abs().max())
 
 
-def _held_beyond_shards(model: Any, mesh: Any, rules: str) -> float:
+def _held_beyond_shards(model: Any, mesh: Any, rules: Any) -> float:
     """How many parameter elements this rank holds beyond its shards: each parameter split as the rules
     say over the mesh axes it names (FSDP: dim 0 over "data", rounded up), so 0 unless something was left
     whole."""

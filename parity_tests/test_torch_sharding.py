@@ -81,7 +81,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(tmp_path: Path, world: int, plan: list[tuple[str, str, tuple[int, ...], tuple[str, ...]]]) -> dict:
+def _spawn(tmp_path: Path, world: int, plan: list[tuple[str, Any, tuple[int, ...], tuple[str, ...]]]) -> dict:
     """Run ``plan`` (family, rules, mesh shape, mesh axes) on ``world`` processes; every rank's results."""
     cases: list[dict[str, Any]] = []
     for family, rules, shape, axes in plan:
@@ -90,7 +90,7 @@ def _spawn(tmp_path: Path, world: int, plan: list[tuple[str, str, tuple[int, ...
         if not checkpoint.exists():
             model = tandem.build(config_class(**fields), "masked_lm", backend="torch", seed=1)
             tandem.save_pretrained(model, checkpoint)
-        name = f"{family}-{rules}"
+        name = f"{family}-{rules if isinstance(rules, str) else 'pairs'}"
         cases.append(
             {"name": name, "checkpoint": str(checkpoint), "rules": rules, "shape": shape, "axes": axes, "seq": seq}
             | {"vocab": VOCAB}
@@ -110,9 +110,10 @@ def _check(results: dict) -> None:
 
 
 def test_two_processes_fsdp_and_tp(tmp_path: Path) -> None:
-    """``fsdp`` over ("data",) = 2 with each rank on half the batch; ``tp`` over ("model",) = 2."""
+    """``fsdp`` over ("data",) = 2 with each rank on half the batch; ``tp`` and user pairs over ("model",) = 2."""
     plan = [(family, "fsdp", (2,), ("data",)) for family in CONFIGS]
     plan += [(family, "tp", (2,), ("model",)) for family in CONFIGS]
+    plan.append(("bert", [("mlp", "model"), ("vocab", "model")], (2,), ("model",)))  # user pairs
     _check(_spawn(tmp_path, 2, plan))
 
 
