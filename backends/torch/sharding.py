@@ -174,7 +174,7 @@ def create(
     specs = resolve(entries, dict(zip(names, mesh.shape, strict=True)), rules)
     fsdp = rules in ("fsdp", "fsdp_tp") and DATA in names
     model = TorchModel(graph, config, None).to(dtype)  # on the meta device: nothing allocated yet
-    placed = tuple(axis for axis in names if not (fsdp and axis == DATA))  # axes parameters are DTensors on
+    placed = tuple(axis for axis in names if not (fsdp and axis == DATA))  # DTensor axes (FSDP owns "data")
     if placed:
         sub = mesh if placed == names else mesh[placed]
         for entry in entries:
