@@ -8,8 +8,9 @@ every layer as full attention under an (S, S) mask; tandem's window layers compu
 Each (implementation, length) runs in its own process, so that its peak memory is its own: the model is
 loaded from one HF checkpoint written at the start, one warm-up forward (the flax compile) is followed by
 ``--rounds`` timed ones. Reported per length: median wall seconds, ours/HF, and the peak resident memory
-above what the process held once the model and inputs were in place (``ru_maxrss`` minus the resident size
-before the first forward); then the growth of each time from the shortest to the longest length.
+of the forwards above what the process held once the model and inputs were in place (the peak ``VmHWM``
+counted afresh from there through ``/proc/self/clear_refs``, minus the resident size then); then the growth
+of each time from the shortest to the longest length.
 
 Run it with ``python -m tandem.tools.bench_local`` (CPU-heavy: minutes at 8192).
 """
@@ -42,6 +43,19 @@ def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def _reset_peak() -> None:
+    """Start the peak resident size (VmHWM) afresh, so that loading the model does not count (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_mb() -> float:
+    """The peak resident size since :func:`_reset_peak`, in MB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def worker(impl: str, directory: str, length: int, rounds: int) -> dict[str, Any]:
@@ -81,6 +95,7 @@ def worker(impl: str, directory: str, length: int, rounds: int) -> dict[str, Any
             return jax.block_until_ready(model(**arrays).last_hidden_state)
 
     baseline = _rss_mb()
+    _reset_peak()
     start = time.perf_counter()
     forward()
     first = time.perf_counter() - start
@@ -89,7 +104,7 @@ def worker(impl: str, directory: str, length: int, rounds: int) -> dict[str, Any
         start = time.perf_counter()
         forward()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    peak = _peak_mb()
     return {
         "impl": impl,
         "length": length,
