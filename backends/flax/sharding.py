@@ -87,7 +87,9 @@ class MeshLayout:
 
     def constrain(self, params: Mapping[str, Any]) -> Any:
         """The params held to their shardings; under ``jax.grad`` the constraint applies to the cotangents
-        too, so gradients are sharded like the parameters."""
+        too, so gradients are sharded like the parameters. (A parameter the call does not read, such as a
+        pooler under a masked-LM head, gets a zero gradient JAX makes without a use to constrain: inside a
+        jit its placement is XLA's choice.)"""
         return jax.tree.map(jax.lax.with_sharding_constraint, params, self.tree())
 
     def call(self, fn: Callable[[Any, dict[str, Any]], Any], params: Any, arrays: Mapping[str, Any]) -> Any:
