@@ -1,7 +1,9 @@
 """Dense self-attention over long inputs in query chunks: the same rows, a fraction of the memory.
 
 XLA on the CPU materialises the (B, h, S, S) scores of a dense attention: 3.2 GB at 12 heads and 8192
-positions, and as much again for the softmax. Each query row's scores, softmax and weighted values depend
+positions, and as much again for the softmax. In chunks the scores stay small, which is also faster: a
+ModernBERT-base-wide forward at 2048 positions took 1.27 s instead of 1.38 s, 529 MB above the model
+instead of 1197 (``tandem.tools.bench_local``). Each query row's scores, softmax and weighted values depend
 on that row alone, so the rows can run in chunks of :data:`QUERY_CHUNK` queries, one after another
 (``jax.lax.map``), with the same numbers up to GEMM rounding. It runs in evaluation, for calls of at least
 :data:`MIN_LENGTH` positions that ask for no attention maps, no head mask and no cache.
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 from ...core import nodes as n
 
 Array = jax.Array
-MIN_LENGTH = 4096
+MIN_LENGTH = 1024
 QUERY_CHUNK = 512
 
 
