@@ -25,7 +25,7 @@ from ..nodes import (
     join,
     score_divisor,
 )
-from .common import CLASSES_AXES, MLP_IN_AXES, QKV_AXES, embeddings, linear, lm_head
+from .common import CLASSES_AXES, MLP_IN_AXES, QKV_AXES, check_absolute_positions, embeddings, linear, lm_head
 from .tasks import Task, TaskHeads, base_heads, build_task_graph, masked_lm_heads, shared_heads
 
 
@@ -60,11 +60,7 @@ class AlbertConfig(FamilyConfig):
 
     @model_validator(mode="after")
     def _check_albert(self) -> AlbertConfig:
-        if self.position_embedding_type != "absolute":
-            raise ValueError(
-                f"position_embedding_type={self.position_embedding_type!r} is not supported: tandem implements "
-                "absolute position embeddings only (HF Flax has no relative ones either)"
-            )
+        check_absolute_positions(self)
         if self.num_hidden_groups > self.num_hidden_layers:
             raise ValueError(
                 f"num_hidden_groups ({self.num_hidden_groups}) must not exceed num_hidden_layers "

@@ -22,6 +22,8 @@ from ..nodes import (
 from .common import (
     CLASSES_AXES,
     attention_block,
+    check_absolute_positions,
+    check_decoder_fields,
     embeddings,
     layer_stack,
     linear,
@@ -54,18 +56,8 @@ class BertConfig(FamilyConfig):
 
     @model_validator(mode="after")
     def _check_bert(self) -> BertConfig:
-        if self.position_embedding_type != "absolute":
-            raise ValueError(
-                f"position_embedding_type={self.position_embedding_type!r} is not supported: tandem implements "
-                "absolute position embeddings only (HF Flax has no relative ones either)"
-            )
-        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
-            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
-        if self.add_cross_attention and not self.is_decoder:
-            raise ValueError(
-                "add_cross_attention=True needs is_decoder=True: cross-attention layers belong to a decoder "
-                "(HF PyTorch raises the same error; HF Flax would build them anyway)"
-            )
+        check_absolute_positions(self)
+        check_decoder_fields(self)
         return self
 
 

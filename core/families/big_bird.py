@@ -33,6 +33,7 @@ from .common import (
     MLP_IN_AXES,
     add_norm,
     attention_block,
+    check_decoder_fields,
     embeddings,
     layer_stack,
     linear,
@@ -74,13 +75,7 @@ class BigBirdConfig(FamilyConfig):
     def _check_big_bird(self) -> BigBirdConfig:
         if self.num_random_blocks < 0:
             raise ValueError(f"num_random_blocks must be >= 0, got {self.num_random_blocks}")
-        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
-            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
-        if self.add_cross_attention and not self.is_decoder:
-            raise ValueError(
-                "add_cross_attention=True needs is_decoder=True: cross-attention layers belong to a decoder "
-                "(HF PyTorch raises the same error; HF Flax would build them anyway)"
-            )
+        check_decoder_fields(self)
         return self
 
     @property

@@ -6,7 +6,7 @@ list of what makes its architecture different.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from ..nodes import (
     AddNorm,
@@ -38,6 +38,27 @@ CLASSES_AXES = ("embed", "classes")
 
 # Tasks whose head is the same shape in every family (their dropout is the family's choice).
 SHARED_TASKS = ("sequence_classification", "multiple_choice", "token_classification", "question_answering")
+
+
+# ----------------------------------------------------------------------------------------- config checks
+# Checks several families' configs share (each takes the config, reads only the fields it names).
+def check_absolute_positions(config: Any) -> None:
+    if config.position_embedding_type != "absolute":
+        raise ValueError(
+            f"position_embedding_type={config.position_embedding_type!r} is not supported: tandem implements "
+            "absolute position embeddings only (HF Flax has no relative ones either)"
+        )
+
+
+def check_decoder_fields(config: Any) -> None:
+    """``classifier_dropout`` in [0, 1) and cross-attention only on a decoder."""
+    if config.classifier_dropout is not None and not 0.0 <= config.classifier_dropout < 1.0:
+        raise ValueError(f"classifier_dropout must be in [0, 1), got {config.classifier_dropout}")
+    if config.add_cross_attention and not config.is_decoder:
+        raise ValueError(
+            "add_cross_attention=True needs is_decoder=True: cross-attention layers belong to a decoder "
+            "(HF PyTorch raises the same error; HF Flax would build them anyway)"
+        )
 
 
 def linear(

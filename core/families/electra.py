@@ -23,7 +23,15 @@ from ..nodes import (
     TransformerLayer,
     join,
 )
-from .common import CLASSES_AXES, attention_block, embeddings, linear, post_ln_layer
+from .common import (
+    CLASSES_AXES,
+    attention_block,
+    check_absolute_positions,
+    check_decoder_fields,
+    embeddings,
+    linear,
+    post_ln_layer,
+)
 from .tasks import Task, TaskHeads, base_heads, build_task_graph, causal_lm_heads, shared_heads
 
 
@@ -61,18 +69,8 @@ class ElectraConfig(FamilyConfig):
 
     @model_validator(mode="after")
     def _check_electra(self) -> ElectraConfig:
-        if self.position_embedding_type != "absolute":
-            raise ValueError(
-                f"position_embedding_type={self.position_embedding_type!r} is not supported: tandem implements "
-                "absolute position embeddings only (HF Flax has no relative ones either)"
-            )
-        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
-            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
-        if self.add_cross_attention and not self.is_decoder:
-            raise ValueError(
-                "add_cross_attention=True needs is_decoder=True: cross-attention layers belong to a decoder "
-                "(HF PyTorch raises the same error; HF Flax would build them anyway)"
-            )
+        check_absolute_positions(self)
+        check_decoder_fields(self)
         if self.summary_type in ("cls_index", "attn"):
             raise ValueError(
                 f"summary_type={self.summary_type!r} is not supported: tandem's multiple-choice summary takes the "
