@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tandem
-from tandem.backends.flax import nodes as flax_nodes
+from tandem.backends.flax import basics as flax_basics
 
 SPARSE = 30  # BigBird: > (5 + 2 * 1) * 4 tokens run block-sparse attention, padded to 32 (then cut back)
 # HF Flax BigBird raises on lengths that are not a multiple of the block size, runs a degenerate block-sparse
@@ -221,7 +221,7 @@ def test_flax_feed_forward_in_row_chunks(
     """Long inputs run the flax feed-forward in row chunks (the last one padded): the outputs still match
     HF PyTorch. Tiny chunks make these small batches take that path (e.g. 4 x 32 rows of 37 features: 19
     chunks of 7 rows, the last one padded). A fresh load: the cached flax models were traced unchunked."""
-    monkeypatch.setattr(flax_nodes, "ROW_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(flax_basics, "ROW_CHUNK_BYTES", 1024)
     loaded = harness.load(tmp_path, "big_bird", task)
     batch = harness.case_batch(loaded, length)
     if length < 20:  # dense attention: the only loop in the program is the chunked feed-forward's

@@ -8,7 +8,13 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from .base import Activation, FlaxRule, Node, NormalInit, OnesInit, ParamSpec, SinusoidalInit, ZerosInit, _Frozen
-from .variants import Rotary, SlidingWindowAttention
+from .variants import (
+    BlockSparseAttention,
+    DisentangledAttention,
+    FullAttention,
+    Rotary,
+    SlidingWindowAttention,
+)
 
 
 # ----------------------------------------------------------------------------------------- leaves
@@ -169,64 +175,6 @@ class Embeddings(Node):
 
     def buffers(self) -> tuple[str, ...]:
         return ("position_ids", "token_type_ids")  # HF PyTorch's registered index buffers
-
-
-class FullAttention(_Frozen):
-    """Dense softmax attention. ``causal`` adds a lower-triangular mask (decoders)."""
-
-    kind: Literal["full"] = "full"
-    causal: bool = False
-
-
-class BlockSparseAttention(_Frozen):
-    """BigBird's block-sparse pattern (global first/last blocks, a three-block sliding window and
-    ``num_random_blocks`` random blocks per query block), scores masked with ``(1 - m) * penalty``.
-
-    It runs only when the backbone's :class:`BlockSparsePolicy` says the call's length allows it; otherwise
-    the node computes dense attention (with the node's ``mask_fill``, dropout and head mask). ``layer`` seeds
-    this layer's random-block plan in training (see ``tandem.core.block_sparse``). In block-sparse mode there is
-    no attention dropout and no head mask, as in HF PyTorch.
-    """
-
-    kind: Literal["block_sparse"] = "block_sparse"
-    block_size: int
-    num_random_blocks: int
-    layer: int
-    penalty: float = -10000.0
-    causal: Literal[False] = False
-
-
-class DisentangledAttention(_Frozen):
-    """Disentangled relative attention: content-to-content scores plus content-to-position (``c2p``: queries
-    against projected relative-position embeddings) and position-to-content (``p2c``: keys against them).
-
-    Relative distances ``i - j`` are log-bucketed when ``buckets > 0`` (exact within ``buckets // 2``,
-    logarithmic up to ``max_distance``), then clamped to ``[-span, span)`` as rows of the encoder's shared
-    table of ``2 * span`` embeddings (see :class:`RelativeEncoder`). ``relative=False`` keeps only the
-    content scores (the scale still counts the position terms, as HF PyTorch does). The position queries and
-    keys are the attention's own ``query``/``key`` projections (``share_keys``) or its ``pos_query``/
-    ``pos_key``. Masked pairs (either position padding) get ``mask_fill`` in place of their score.
-    """
-
-    kind: Literal["disentangled"] = "disentangled"
-    relative: bool
-    c2p: bool
-    p2c: bool
-    span: int = Field(gt=0)
-    buckets: int  # <= 0: no bucketing
-    max_distance: int = Field(gt=0)
-    share_keys: bool
-    causal: Literal[False] = False
-
-    @model_validator(mode="after")
-    def _bucket_range(self) -> DisentangledAttention:
-        if self.buckets > 0 and (self.buckets < 2 or self.max_distance <= self.buckets // 2 + 1):
-            raise ValueError(
-                f"position_buckets={self.buckets} needs position_buckets >= 2 and max_relative_positions > "
-                f"position_buckets // 2 + 1 (got max_relative_positions={self.max_distance}); the log buckets are "
-                "undefined otherwise"
-            )
-        return self
 
 
 AttentionVariant = Annotated[
