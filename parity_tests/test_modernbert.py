@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 import harness
+import jax
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,7 @@ from harness import REFERENCES, Case
 
 import tandem
 from tandem.backends.flax import long_attention
+from tandem.backends.flax import nodes as flax_nodes
 from tandem.core.families.modernbert import ModernBertConfig
 from tandem.tools.references import quiet
 
@@ -150,3 +152,48 @@ def test_gated_layer_needs_two_halves() -> None:
     wrong = layer.intermediate.model_copy(update={"out_features": layer.intermediate.out_features - 2})
     with pytest.raises(ValueError, match="gated intermediate gives twice"):
         type(layer).model_validate({**dict(layer), "intermediate": wrong})
+
+
+def _fixed_keep(shape: tuple[int, ...]) -> np.ndarray:
+    """A dropout mask that depends on the shape only (about 30% dropped), so that HF PyTorch's ``F.dropout``
+    and each backend's dropout can be made to draw the same one."""
+    return (np.arange(int(np.prod(shape))).reshape(shape) * 7919 % 10 >= 3).astype(np.float32)
+
+
+def test_mlp_dropout_sits_before_wo(checkpoints: harness.CheckpointCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF's ``Wo(drop(act(input) * gate))`` in training: the torch backend draws HF's masks from the same seed
+    (same places, same shapes), and with a shape-determined mask in place of every dropout, torch, linen and
+    NNX give HF's training-mode outputs. A dropout after ``Wo`` (its old place) draws (B, S, hidden) masks
+    and fails both."""
+    loaded = checkpoints.load("modernbert", "masked_lm", {"mlp_dropout": 0.3})
+    batch = harness.make_batch("masked_lm", loaded.config, seed=6, mask_patterns=(0, 1, 2))
+    batch.inputs.pop("token_type_ids")
+    hf = copy.deepcopy(loaded.hf).train()
+    ours = tandem.from_pretrained(loaded.directory, backend="torch").train()
+    torch.manual_seed(7)
+    reference = harness.run_torch(hf, batch)
+    torch.manual_seed(7)
+    harness.compare("modernbert mlp dropout torch vs HF (same seed)", harness.run_torch(ours, batch), reference)
+    evaluated = harness.run_torch(ours.eval(), batch)
+    assert not np.allclose(evaluated["logits"], reference["logits"], atol=1e-3), "no dropout was drawn"
+
+    def torch_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+        return x * torch.from_numpy(_fixed_keep(tuple(x.shape))) / (1 - p) if training and p > 0 else x
+
+    def jax_dropout(x: jax.Array, p: float, ctx: object) -> jax.Array:
+        return x if ctx.deterministic or p == 0 else x * _fixed_keep(x.shape) / (1 - p)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", torch_dropout)
+    monkeypatch.setattr(flax_nodes, "dropout", jax_dropout)
+    jax.clear_caches()  # no train-mode program traced with the real dropout
+    reference = harness.run_torch(hf, batch)
+    nnx_model = tandem.from_pretrained(loaded.directory, backend="nnx")
+    nnx_model.train()
+    outputs = {
+        "torch": harness.run_torch(ours.train(), batch),
+        "flax": harness.run_flax(loaded.flax, batch, train=True, dropout_rng=jax.random.key(0)),
+        "nnx": harness.run_flax(nnx_model, batch),
+    }
+    for name, out in outputs.items():
+        harness.compare(f"modernbert mlp dropout {name} vs HF (fixed masks)", out, reference)
+    jax.clear_caches()

@@ -208,7 +208,7 @@ def transformer_layer(
     def feed_forward(x: Array) -> Array:
         normed = pre_norm(node.ffn_norm, path, x, ctx)
         inner = project(node.intermediate, n.join(path, node.intermediate.path), normed, ctx)
-        inner = glu(node.gated, ACTIVATIONS[node.activation], inner)
+        inner = dropout(glu(node.gated, ACTIVATIONS[node.activation], inner), node.inner_dropout, ctx)
         return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
 
     x = rowwise(feed_forward, x, node.intermediate.out_features, ctx)

@@ -81,7 +81,7 @@ def relative_layer(
 
     def feed_forward(x: Array) -> Array:
         inner = project(node.intermediate, n.join(path, node.intermediate.path), x, ctx)
-        inner = glu(node.gated, ACTIVATIONS[node.activation], inner)
+        inner = dropout(glu(node.gated, ACTIVATIONS[node.activation], inner), node.inner_dropout, ctx)
         return add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
 
     x = rowwise(feed_forward, x, node.intermediate.out_features, ctx)

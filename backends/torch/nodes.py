@@ -286,7 +286,7 @@ def transformer_layer(
         cache = (k, v, ck, cv)
     normed = pre_norm(node.ffn_norm, path, x, ctx)
     inner = project(node.intermediate, n.join(path, node.intermediate.path), normed, ctx)
-    inner = glu(node.gated, ACTIVATIONS[node.activation], inner)
+    inner = dropout(glu(node.gated, ACTIVATIONS[node.activation], inner), node.inner_dropout, ctx)
     x = add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
     return LayerOutput(hidden=x, attention=probs, cross_attention=cross_probs, cache=cache)
 

@@ -73,7 +73,7 @@ def relative_layer(
     context, probs = disentangled_attention(attn, n.join(block_path, attn.path), x, pairs, table, table_dropout, ctx)
     x = add_norm(block.output, n.join(block_path, block.output.path), context, x, ctx)
     inner = project(node.intermediate, n.join(path, node.intermediate.path), x, ctx)
-    inner = glu(node.gated, ACTIVATIONS[node.activation], inner)
+    inner = dropout(glu(node.gated, ACTIVATIONS[node.activation], inner), node.inner_dropout, ctx)
     x = add_norm(node.output, n.join(path, node.output.path), inner, x, ctx)
     return LayerOutput(hidden=x, attention=probs, cross_attention=None, cache=())
 

@@ -172,8 +172,8 @@ def _attention(config: ModernBertConfig, index: int) -> Attention:
 def _layer(config: ModernBertConfig, index: int) -> TransformerLayer:
     """``layers.{index}``: pre-LN attention (layer 0 has no ``attn_norm``: HF's Identity) and GeGLU ``mlp``.
 
-    HF applies ``mlp_dropout`` to the gated state before ``Wo``; the residual block drops ``Wo``'s output
-    instead (the same numbers in evaluation, another dropout pattern in training)."""
+    HF applies ``mlp_dropout`` to the gated state before ``Wo`` (``inner_dropout``) and no dropout to ``Wo``'s
+    output; the attention block drops ``attn.Wo``'s output (HF's ``out_drop``)."""
     h, inner = config.hidden_size, config.intermediate_size
     return TransformerLayer(
         path=f"layers.{index}",
@@ -192,10 +192,11 @@ def _layer(config: ModernBertConfig, index: int) -> TransformerLayer:
         intermediate=linear("mlp.Wi", h, 2 * inner, config.initializer_range, bias=config.mlp_bias, axes=MLP_IN_AXES),
         activation=config.hidden_activation,
         gated=True,
+        inner_dropout=config.mlp_dropout,
         output=AddNorm(
             path="",
             dense=linear("mlp.Wo", inner, h, _out_std(config), bias=config.mlp_bias, axes=("mlp", "embed")),
-            dropout=config.mlp_dropout,
+            dropout=0.0,
             norm=None,
         ),
     )

@@ -285,6 +285,9 @@ class TransformerLayer(Node):
     gated: bool = False
     intermediate: Projection
     activation: Activation
+    # Dropout on that inner state, before ``output.dense`` (HF's ModernBERT ``Wo(drop(act(input) * gate))``);
+    # ``output.dropout`` drops ``output.dense``'s result (BERT's ``hidden_dropout_prob``).
+    inner_dropout: float = 0.0
     output: AddNorm
 
     @model_validator(mode="after")
