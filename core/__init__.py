@@ -7,6 +7,7 @@ from .families.albert import AlbertConfig
 from .families.bert import BertConfig
 from .families.big_bird import BigBirdConfig
 from .families.camembert import CamembertConfig
+from .families.deberta import DebertaConfig
 from .families.deberta_v2 import DebertaV2Config
 from .families.distilbert import DistilBertConfig
 from .families.electra import ElectraConfig
@@ -25,6 +26,7 @@ __all__ = [
     "BertConfig",
     "BigBirdConfig",
     "CamembertConfig",
+    "DebertaConfig",
     "DebertaV2Config",
     "DistilBertConfig",
     "ElectraConfig",

@@ -14,7 +14,8 @@ Logical axes (the names :attr:`ParamSpec.axes` uses, in torch layout order; shar
 axes): ``vocab`` (token rows), ``positions``, ``token_types``, ``embed`` (the model width), ``embed_factor``
 (a factorised embedding width, ALBERT's), ``heads`` (attention heads x head_dim, fused as the torch layout
 keeps them), ``mlp`` (the feed-forward width), ``classes`` (a task head's outputs), ``group_in`` and
-``conv_width`` (a grouped convolution's per-group input channels and its kernel width).
+``conv_width`` (a grouped convolution's per-group input channels and its kernel width), ``attention_heads``
+(the number of heads, as talking-heads maps mix them).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def torch_aliases(graph: ModelGraph) -> dict[str, str]:
     """Extra torch state_dict keys that alias a canonical parameter (HF's tied decoder)."""
     aliases = {}
     for path, node in walk(graph):
-        if isinstance(node, LMHead):
+        if isinstance(node, LMHead) and node.decoder.aliased:
             decoder = join(path, node.decoder.path)
             if node.decoder.tied_to is not None:
                 aliases[join(decoder, "weight")] = join(node.decoder.tied_to, "weight")

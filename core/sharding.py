@@ -71,6 +71,7 @@ LOGICAL_AXES: tuple[str, ...] = (
     "classes",
     "group_in",
     "conv_width",
+    "attention_heads",
 )
 
 _TP: tuple[tuple[str, MeshAxis], ...] = (("heads", MODEL), ("mlp", MODEL), ("vocab", MODEL))

@@ -239,6 +239,25 @@ REFERENCES: dict[str, Reference] = {
         has_flax=False,
         token_types=False,
     ),
+    "deberta": Reference(
+        "deberta",
+        {
+            "vocab_size": 97,
+            "hidden_size": 36,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 3,
+            "intermediate_size": 53,
+            "max_position_embeddings": 40,
+            "type_vocab_size": 0,  # as microsoft/deberta-base: no token types, no absolute positions
+            "position_biased_input": False,
+            "relative_attention": True,
+            "pos_att_type": ["c2p", "p2c"],
+            "max_relative_positions": 6,  # batches of 9 reach past the clamp
+            "talking_head": True,  # off in the published checkpoints; on here so that every task checks it
+            "initializer_range": 0.2,
+        },
+        has_flax=False,
+    ),
     "deberta-v2": Reference(
         "deberta-v2",
         {

@@ -16,6 +16,7 @@ from ...core.call import CrossInputs, EncoderOutput, LayerOutput
 from ...core.relative import gather_indices
 from .glu import glu
 from .nodes import ACTIVATIONS, IMPLS, Context, add_norm, dropout, layer_norm, project, rowwise
+from .rotary import project_part
 
 Array = jax.Array
 
@@ -34,17 +35,28 @@ def _gather(scores: Array, index: Array) -> Array:
     return jnp.take_along_axis(scores, jnp.broadcast_to(index, (*scores.shape[:2], *index.shape)), axis=-1)
 
 
+def _mix_heads(proj: n.Linear, path: str, x: Array, ctx: Context) -> Array:
+    """Talking heads: (B, h, S, S) mixed over the heads axis by the (h, h) kernel at ``path``."""
+    kernel = ctx.cast(ctx.get(n.join(path, proj.path))["kernel"])
+    return jnp.matmul(x.transpose(0, 2, 3, 1), kernel).transpose(0, 3, 1, 2)
+
+
 def disentangled_attention(
     node: n.Attention, path: str, x: Array, pairs: Array, table: Array | None, table_dropout: float, ctx: Context
 ) -> tuple[Array, Array]:
     """Content scores plus the relative-position terms, masked per (query, key) pair by ``pairs``
     (B, 1, S, S) bool, softmax, dropout. ``table``: the (2 span, H) relative embeddings, dropped out per
-    layer with ``table_dropout``. Scales as HF PyTorch: keys are divided before the product."""
+    layer with ``table_dropout``. Scaled where the variant says (``DisentangledAttention.scale``)."""
     variant = node.variant
     b, s, _ = x.shape
-    q, k, v = (_proj(node, proj, path, x, ctx) for proj in (node.query, node.key, node.value))
+    q, k, v = (_split(node, project_part(node, part, path, x, ctx, project)) for part in ("query", "key", "value"))
     scale = jnp.asarray(node.score_divisor, ctx.dtype)
-    scores = jnp.matmul(q, k.transpose(0, 1, 3, 2) / scale)  # (B, h, S, S)
+    on_queries = variant.scale == "queries"
+    if on_queries:
+        q = q / scale
+        scores = jnp.matmul(q, k.transpose(0, 1, 3, 2))  # (B, h, S, S)
+    else:
+        scores = jnp.matmul(q, k.transpose(0, 1, 3, 2) / scale)
     if variant.relative:
         rel = dropout(table, table_dropout, ctx)[None]  # (1, 2 span, H)
         c2p_index, p2c_index = gather_indices(s, variant)
@@ -52,14 +64,22 @@ def disentangled_attention(
         if variant.c2p:
             pos_key = _proj(node, node.key if variant.share_keys else node.pos_key, path, rel, ctx)  # (1, h, 2span, d)
             c2p = jnp.matmul(q, pos_key.transpose(0, 1, 3, 2))  # (B, h, S, 2 span)
-            bias = bias + _gather(c2p, c2p_index) / scale
+            term = _gather(c2p, c2p_index)
+            bias = bias + (term if on_queries else term / scale)
         if variant.p2c:
             pos_query = _proj(node, node.query if variant.share_keys else node.pos_query, path, rel, ctx)
+            if on_queries:
+                pos_query = pos_query / scale
             p2c = jnp.matmul(k, pos_query.transpose(0, 1, 3, 2))  # (B, h, S, 2 span): key j, distance j - i
-            bias = bias + _gather(p2c, p2c_index).transpose(0, 1, 3, 2) / scale
+            term = _gather(p2c, p2c_index).transpose(0, 1, 3, 2)
+            bias = bias + (term if on_queries else term / scale)
         scores = scores + bias
+    if node.head_logits is not None:
+        scores = _mix_heads(node.head_logits, path, scores, ctx)
     scores = jnp.where(pairs, scores, jnp.finfo(scores.dtype).min)
     probs = dropout(jax.nn.softmax(scores, axis=-1), node.dropout, ctx)
+    if node.head_weights is not None:
+        probs = _mix_heads(node.head_weights, path, probs, ctx)
     context = jnp.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, s, node.num_heads * node.head_dim)
     return context, probs
 

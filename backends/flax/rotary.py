@@ -17,16 +17,29 @@ _PARTS = ("query", "key", "value")
 
 def project_part(node: n.Attention, part: str, path: str, x: Array, ctx: Any, project: Callable[..., Array]) -> Array:
     """The ``part`` (query, key or value) of the attention at ``path`` applied to ``x``, (B, S, H): its own
-    projection (run by ``project``), or kernel columns ``[i * H, (i + 1) * H)`` of the fused ``qkv`` (HF's
-    ``view(..., 3, heads, head_dim)``)."""
+    projection (run by ``project``), or its kernel columns of the fused ``qkv`` (:attr:`~tandem.core.nodes.
+    Attention.qkv_layout`); plus the attention's own bias for the part when it has one."""
     proj = getattr(node, part)
-    if proj is not None:
-        return project(proj, n.join(path, proj.path), x, ctx)
+    y = _fused_part(node, part, path, x, ctx) if proj is None else project(proj, n.join(path, proj.path), x, ctx)
+    if part in node.part_biases:
+        y = y + ctx.cast(ctx.get(path)[n.PART_BIAS_NAMES[part]])
+    return y
+
+
+def _fused_part(node: n.Attention, part: str, path: str, x: Array, ctx: Any) -> Array:
+    """Columns ``[i * H, (i + 1) * H)`` of the fused kernel (``"blocks"``: HF's ``view(..., 3, heads,
+    head_dim)``) or, per head, its ``i``-th ``head_dim`` columns of ``3 * head_dim`` (``"per_head"``)."""
     params = ctx.get(n.join(path, node.qkv.path))
-    width = node.num_heads * node.head_dim
-    cols = slice(_PARTS.index(part) * width, (_PARTS.index(part) + 1) * width)
-    y = jnp.matmul(x, ctx.cast(params["kernel"][:, cols]))
-    return y + ctx.cast(params["bias"][cols]) if node.qkv.bias else y
+    index, h, d = _PARTS.index(part), node.num_heads, node.head_dim
+    kernel, bias = params["kernel"], params["bias"] if node.qkv.bias else None
+    if node.qkv_layout == "per_head":
+        kernel = kernel.reshape(kernel.shape[0], h, 3, d)[:, :, index].reshape(kernel.shape[0], h * d)
+        bias = None if bias is None else bias.reshape(h, 3, d)[:, index].reshape(h * d)
+    else:
+        cols = slice(index * h * d, (index + 1) * h * d)
+        kernel, bias = kernel[:, cols], None if bias is None else bias[cols]
+    y = jnp.matmul(x, ctx.cast(kernel))
+    return y if bias is None else y + ctx.cast(bias)
 
 
 def inv_freq(theta: float, dim: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from ...core.call import CrossInputs, EncoderOutput, LayerOutput
 from ...core.relative import gather_indices
 from .glu import glu
 from .nodes import ACTIVATIONS, IMPLS, Context, add_norm, dropout, layer_norm, project
+from .rotary import project_part
 
 
 def _split(node: n.Attention, y: Tensor) -> Tensor:
@@ -27,17 +28,27 @@ def _proj(node: n.Attention, proj: n.Projection, path: str, x: Tensor, ctx: Cont
     return _split(node, project(proj, n.join(path, proj.path), x, ctx))
 
 
+def _mix_heads(proj: n.Linear, path: str, x: Tensor, ctx: Context) -> Tensor:
+    """Talking heads: (B, h, S, S) mixed over the heads axis by the (h, h) map at ``path``."""
+    return F.linear(x.permute(0, 2, 3, 1), ctx.get(n.join(path, proj.path), "weight")).permute(0, 3, 1, 2)
+
+
 def disentangled_attention(
     node: n.Attention, path: str, x: Tensor, pairs: Tensor, table: Tensor | None, table_dropout: float, ctx: Context
 ) -> tuple[Tensor, Tensor]:
     """Content scores plus the relative-position terms, masked per (query, key) pair by ``pairs``
     (B, 1, S, S) bool, softmax, dropout. ``table``: the (2 span, H) relative embeddings, dropped out per
-    layer with ``table_dropout``. Scales as HF PyTorch: keys are divided before the product."""
+    layer with ``table_dropout``. Scaled where the variant says (``DisentangledAttention.scale``)."""
     variant = node.variant
     b, s, _ = x.shape
-    q, k, v = (_proj(node, proj, path, x, ctx) for proj in (node.query, node.key, node.value))
+    q, k, v = (_split(node, project_part(node, part, path, x, ctx, project)) for part in ("query", "key", "value"))
     scale = node.score_divisor
-    scores = torch.matmul(q, k.transpose(-1, -2) / scale)  # (B, h, S, S)
+    on_queries = variant.scale == "queries"
+    if on_queries:
+        q = q / scale
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, h, S, S)
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2) / scale)
     if variant.relative:
         rel = dropout(table, table_dropout, ctx)[None]  # (1, 2 span, H)
         c2p_index, p2c_index = (torch.tensor(i, device=x.device) for i in gather_indices(s, variant))
@@ -45,15 +56,23 @@ def disentangled_attention(
         if variant.c2p:
             pos_key = _proj(node, node.key if variant.share_keys else node.pos_key, path, rel, ctx)  # (1, h, 2span, d)
             c2p = torch.matmul(q, pos_key.transpose(-1, -2))  # (B, h, S, 2 span)
-            bias = bias + torch.gather(c2p, -1, c2p_index.expand(b, node.num_heads, s, s)) / scale
+            term = torch.gather(c2p, -1, c2p_index.expand(b, node.num_heads, s, s))
+            bias = bias + (term if on_queries else term / scale)
         if variant.p2c:
             pos_query = _proj(node, node.query if variant.share_keys else node.pos_query, path, rel, ctx)
+            if on_queries:
+                pos_query = pos_query / scale
             p2c = torch.matmul(k, pos_query.transpose(-1, -2))  # (B, h, S, 2 span): key j, distance j - i
-            bias = bias + torch.gather(p2c, -1, p2c_index.expand(b, node.num_heads, s, s)).transpose(-1, -2) / scale
+            term = torch.gather(p2c, -1, p2c_index.expand(b, node.num_heads, s, s)).transpose(-1, -2)
+            bias = bias + (term if on_queries else term / scale)
         scores = scores + bias
+    if node.head_logits is not None:
+        scores = _mix_heads(node.head_logits, path, scores, ctx)
     scores = scores.masked_fill(~pairs, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     probs = dropout(probs, node.dropout, ctx)
+    if node.head_weights is not None:
+        probs = _mix_heads(node.head_weights, path, probs, ctx)
     context = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, node.num_heads * node.head_dim)
     return context, probs
 

@@ -18,16 +18,28 @@ def project_part(
     node: n.Attention, part: str, path: str, x: Tensor, ctx: Any, project: Callable[..., Tensor]
 ) -> Tensor:
     """The ``part`` (query, key or value) of the attention at ``path`` applied to ``x``, (B, S, H): its own
-    projection (run by ``project``), or rows ``[i * H, (i + 1) * H)`` of the fused ``qkv`` (HF's
-    ``view(..., 3, heads, head_dim)``)."""
+    projection (run by ``project``), or its rows of the fused ``qkv`` (:attr:`~tandem.core.nodes.Attention.
+    qkv_layout`); plus the attention's own bias for the part when it has one."""
     proj = getattr(node, part)
-    if proj is not None:
-        return project(proj, n.join(path, proj.path), x, ctx)
-    params, fused = ctx.params, node.qkv
-    width = node.num_heads * node.head_dim
-    rows = slice(_PARTS.index(part) * width, (_PARTS.index(part) + 1) * width)
-    weight = params[n.join(path, fused.path, "weight")][rows]
-    bias = params[n.join(path, fused.path, "bias")][rows] if fused.bias else None
+    y = _fused_part(node, part, path, x, ctx.params) if proj is None else project(proj, n.join(path, proj.path), x, ctx)
+    if part in node.part_biases:
+        y = y + ctx.params[n.join(path, n.PART_BIAS_NAMES[part])]
+    return y
+
+
+def _fused_part(node: n.Attention, part: str, path: str, x: Tensor, params: Any) -> Tensor:
+    """Rows ``[i * H, (i + 1) * H)`` of the fused ``qkv`` (``"blocks"``: HF's ``view(..., 3, heads, head_dim)``)
+    or, per head, its ``i``-th ``head_dim`` rows of ``3 * head_dim`` (``"per_head"``)."""
+    fused, index = node.qkv, _PARTS.index(part)
+    h, d = node.num_heads, node.head_dim
+    weight = params[n.join(path, fused.path, "weight")]
+    bias = params[n.join(path, fused.path, "bias")] if fused.bias else None
+    if node.qkv_layout == "per_head":
+        weight = weight.view(h, 3, d, -1)[:, index].reshape(h * d, -1)
+        bias = None if bias is None else bias.view(h, 3, d)[:, index].reshape(h * d)
+    else:
+        rows = slice(index * h * d, (index + 1) * h * d)
+        weight, bias = weight[rows], None if bias is None else bias[rows]
     return F.linear(x, weight, bias)
 
 

@@ -9,109 +9,68 @@ sequence-level heads pool the first token through a ``pooler`` of their own (HF'
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import model_validator
 
-from ..config import FamilyConfig
 from ..nodes import (
     ACTIVATIONS,
     Attention,
     AttentionBlock,
     Backbone,
-    ClassificationHead,
-    ClassificationLoss,
     Conv1d,
     ConvLayer,
     CrossEntropyLoss,
     DisentangledAttention,
-    Embed,
-    Embeddings,
     LayerNorm,
-    LMHead,
     ModelGraph,
     RelativeEncoder,
     TransformerLayer,
-    join,
 )
-from .common import CLASSES_AXES, QKV_AXES, add_norm, linear, lm_head, post_ln_layer
-from .tasks import Task, TaskHeads, base_heads, build_task_graph, masked_lm_heads, shared_heads
+from .common import QKV_AXES, add_norm, linear, post_ln_layer
+from .deberta_shared import (
+    POSITION_TERMS,
+    DisentangledConfig,
+    embeddings,
+    legacy_lm_head,
+    per_token_tasks,
+    pooled_head,
+    relative_table,
+    sequence_classification,
+)
+from .tasks import Task, TaskHeads, base_heads, build_task_graph, masked_lm_heads
 
-_POSITION_TERMS = ("c2p", "p2c")
 
-
-class DebertaV2Config(FamilyConfig):
+class DebertaV2Config(DisentangledConfig):
     """HF ``DebertaV2Config``: same field names, same defaults (including the ones HF reads with
     ``getattr``: ``position_buckets``, ``share_att_key``, ``norm_rel_ebd``, ``conv_*``, ``embedding_size``,
-    ``pooler_hidden_size``, ``cls_dropout``)."""
+    ``pooler_hidden_size``, ``cls_dropout``). The fields DeBERTa v1 shares are in
+    :class:`~tandem.core.families.deberta_shared.DisentangledConfig`."""
 
     model_type: ClassVar[str] = "deberta-v2"
-    positive_fields: ClassVar[tuple[str, ...]] = tuple(
-        name for name in FamilyConfig.positive_fields if name != "type_vocab_size"
-    )
-    dropout_fields: ClassVar[tuple[str, ...]] = (*FamilyConfig.dropout_fields, "pooler_dropout")
 
     vocab_size: int = 128100
     hidden_size: int = 1536
     num_hidden_layers: int = 24
     num_attention_heads: int = 24
     intermediate_size: int = 6144
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 0
-    layer_norm_eps: float = 1e-7
-    relative_attention: bool = False
-    max_relative_positions: int = -1
     position_buckets: int = -1
-    position_biased_input: bool = True
-    pos_att_type: list[str] | str | None = None
     share_att_key: bool = False
     norm_rel_ebd: str = "none"
     conv_kernel_size: int = 0
     conv_groups: int = 1
     conv_act: str = "tanh"
-    embedding_size: int | None = None
-    pooler_hidden_size: int | None = None
-    pooler_dropout: float = 0.0
-    pooler_hidden_act: str = "gelu"
-    cls_dropout: float | None = None
-    legacy: bool = True
 
     @model_validator(mode="after")
     def _check_deberta(self) -> DebertaV2Config:
-        unknown = [term for term in self.position_terms if term not in _POSITION_TERMS]
-        if unknown:
-            raise ValueError(f"pos_att_type={self.pos_att_type!r}: {unknown} not supported (use c2p and/or p2c)")
         norms = self.rel_norms
         if not set(norms) <= {"none", "layer_norm"}:
             raise ValueError(f"norm_rel_ebd={self.norm_rel_ebd!r} is not supported (use 'none' or 'layer_norm')")
-        for name in ("conv_act", "pooler_hidden_act"):
-            if getattr(self, name) not in ACTIVATIONS:
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} is not supported; choose one of {', '.join(ACTIVATIONS)}"
-                )
-        if self.type_vocab_size < 0:
-            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        if self.conv_act not in ACTIVATIONS:
+            raise ValueError(f"conv_act={self.conv_act!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
         if self.conv_kernel_size < 0 or self.conv_groups < 1:
             raise ValueError(
                 f"conv_kernel_size must be >= 0 and conv_groups >= 1, got {self.conv_kernel_size}, {self.conv_groups}"
-            )
-        if self.embedding_size is not None and self.embedding_size < 1:
-            raise ValueError(f"embedding_size must be positive, got {self.embedding_size}")
-        if self.pooler_hidden_size not in (None, self.hidden_size):
-            raise ValueError(
-                f"pooler_hidden_size={self.pooler_hidden_size} must equal hidden_size={self.hidden_size}: the "
-                "context pooler reads the hidden states and feeds a hidden_size-wide classifier (HF fails otherwise)"
-            )
-        if self.cls_dropout is not None and not 0.0 <= self.cls_dropout < 1.0:
-            raise ValueError(f"cls_dropout must be in [0, 1), got {self.cls_dropout}")
-        head_size = getattr(self, "attention_head_size", None)
-        if head_size is not None and head_size != self.head_dim:
-            raise ValueError(
-                f"attention_head_size={head_size} is not supported: it must be hidden_size // num_attention_heads "
-                f"({self.head_dim}), which the attention output projection assumes"
             )
         if not self.legacy:
             raise ValueError(
@@ -131,32 +90,9 @@ class DebertaV2Config(FamilyConfig):
             raise ValueError(f"position_buckets must be >= 2 or <= 0 (no buckets), got {self.position_buckets}")
         return self
 
-    def to_hf_dict(self) -> dict[str, Any]:
-        """HF reads ``embedding_size`` and ``pooler_hidden_size`` with a default only when they are absent:
-        unset ones are left out rather than written as null."""
-        data = super().to_hf_dict()
-        for name in ("embedding_size", "pooler_hidden_size"):
-            if data.get(name) is None:
-                data.pop(name, None)
-        return data
-
-    @property
-    def position_terms(self) -> tuple[str, ...]:
-        """``pos_att_type`` as HF reads it: a list, or a ``|``-separated string."""
-        if self.pos_att_type is None:
-            return ()
-        if isinstance(self.pos_att_type, str):
-            return tuple(term.strip() for term in self.pos_att_type.lower().split("|"))
-        return tuple(self.pos_att_type)
-
     @property
     def rel_norms(self) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.norm_rel_ebd.lower().split("|"))
-
-    @property
-    def relative_distance(self) -> int:
-        """``max_relative_positions``, or ``max_position_embeddings`` when it is below 1 (as HF)."""
-        return self.max_relative_positions if self.max_relative_positions >= 1 else self.max_position_embeddings
 
     @property
     def span(self) -> int:
@@ -177,7 +113,7 @@ def _attention_block(config: DebertaV2Config) -> AttentionBlock:
         share_keys=config.share_att_key,
     )
     own = config.relative_attention and not config.share_att_key
-    scale_factor = 1 + sum(term in terms for term in _POSITION_TERMS)
+    scale_factor = 1 + sum(term in terms for term in POSITION_TERMS)
     return AttentionBlock(
         path="attention",
         attention=Attention(
@@ -216,47 +152,6 @@ def _layer(config: DebertaV2Config, index: int) -> TransformerLayer:
     )
 
 
-def _embeddings(config: DebertaV2Config) -> Embeddings:
-    h, std = config.hidden_size, config.initializer_range
-    width = config.embedding_size or h
-    axis = "embed" if width == h else "embed_factor"
-    position = token_type = None
-    if config.position_biased_input:
-        position = Embed(
-            path="position_embeddings",
-            num_embeddings=config.max_position_embeddings,
-            features=width,
-            init_std=std,
-            axes=("positions", axis),
-        )
-    if config.type_vocab_size > 0:
-        token_type = Embed(
-            path="token_type_embeddings",
-            num_embeddings=config.type_vocab_size,
-            features=width,
-            init_std=std,
-            axes=("token_types", axis),
-        )
-    order = ("word",) + (("position",) if position else ()) + (("token_type",) if token_type else ())
-    return Embeddings(
-        path="embeddings",
-        word=Embed(
-            path="word_embeddings",
-            num_embeddings=config.vocab_size,
-            features=width,
-            init_std=std,
-            padding_idx=config.pad_token_id,
-            axes=("vocab", axis),
-        ),
-        position=position,
-        token_type=token_type,
-        projection=linear("embed_proj", width, h, std, bias=False, axes=(axis, "embed")) if width != h else None,
-        norm=LayerNorm(path="LayerNorm", features=h, eps=config.layer_norm_eps),
-        dropout=config.hidden_dropout_prob,
-        sum_order=order,
-    )
-
-
 def _encoder(config: DebertaV2Config) -> RelativeEncoder:
     h, std, eps = config.hidden_size, config.initializer_range, config.layer_norm_eps
     conv = None
@@ -270,15 +165,10 @@ def _encoder(config: DebertaV2Config) -> RelativeEncoder:
             norm=LayerNorm(path="LayerNorm", features=h, eps=eps),
             dropout=config.hidden_dropout_prob,
         )
-    table = None
-    if config.relative_attention:
-        table = Embed(
-            path="rel_embeddings", num_embeddings=2 * config.span, features=h, init_std=std, axes=("positions", "embed")
-        )
     return RelativeEncoder(
         path="encoder",
         layers=[_layer(config, i) for i in range(config.num_hidden_layers)],
-        rel_embeddings=table,
+        rel_embeddings=relative_table(config, 2 * config.span),
         norm=LayerNorm(path="LayerNorm", features=h, eps=eps) if "layer_norm" in config.rel_norms else None,
         dropout=config.hidden_dropout_prob,
         conv=conv,
@@ -287,73 +177,19 @@ def _encoder(config: DebertaV2Config) -> RelativeEncoder:
 
 def _backbone(config: DebertaV2Config, prefix: str, pooled: bool) -> Backbone:
     """``embeddings`` and ``encoder`` under ``prefix``; HF's DeBERTa model has no pooler of its own."""
-    return Backbone(path=prefix, embeddings=_embeddings(config), encoder=_encoder(config))
-
-
-def _lm_head(config: DebertaV2Config, prefix: str, output: str) -> LMHead:
-    width = config.embedding_size or config.hidden_size
-    return lm_head(
-        path="cls.predictions",
-        transform_path="transform.dense",
-        norm_path="transform.LayerNorm",
-        hidden=config.hidden_size,
-        features=width,
-        vocab_size=config.vocab_size,
-        activation=config.hidden_act,
-        eps=config.layer_norm_eps,
-        std=config.initializer_range,
-        tied_to=join(prefix, "embeddings.word_embeddings") if config.tie_word_embeddings else None,
-        output=output,
-        axis="embed" if width == config.hidden_size else "embed_factor",
-    )
-
-
-def _cls_dropout(config: DebertaV2Config) -> float:
-    return config.cls_dropout if config.cls_dropout is not None else config.hidden_dropout_prob
-
-
-def _pooled_head(config: DebertaV2Config, classes: int) -> ClassificationHead:
-    """HF's ``ContextPooler`` (``pooler.dense`` on the first token, after ``pooler_dropout``) and
-    ``classifier`` (after ``cls_dropout``)."""
-    h, std = config.hidden_size, config.initializer_range
-    return ClassificationHead(
-        input_dropout=config.pooler_dropout,
-        dropout=_cls_dropout(config),
-        dense=linear("pooler.dense", h, h, std),
-        activation=config.pooler_hidden_act,
-        out_proj=linear("classifier", h, classes, std, axes=CLASSES_AXES),
-        output="logits",
-    )
-
-
-def _sequence_classification(config: DebertaV2Config, prefix: str) -> TaskHeads:
-    loss = ClassificationLoss(
-        logits="logits",
-        labels="labels",
-        num_labels=config.num_labels,
-        problem_type=config.problem_type,
-        soft_labels=True,
-    )
-    return TaskHeads([_pooled_head(config, config.num_labels)], [loss])
+    return Backbone(path=prefix, embeddings=embeddings(config), encoder=_encoder(config))
 
 
 def _multiple_choice(config: DebertaV2Config, prefix: str) -> TaskHeads:
-    return TaskHeads([_pooled_head(config, 1)], [CrossEntropyLoss(logits="logits", labels="labels")])
+    return TaskHeads([pooled_head(config, 1)], [CrossEntropyLoss(logits="logits", labels="labels")])
 
 
 TASKS: dict[str, Task] = {
     "base": Task("DebertaV2Model", base_heads, pooled=False),
-    "masked_lm": Task("DebertaV2ForMaskedLM", masked_lm_heads(_lm_head), pooled=False),
-    "sequence_classification": Task("DebertaV2ForSequenceClassification", _sequence_classification, pooled=False),
+    "masked_lm": Task("DebertaV2ForMaskedLM", masked_lm_heads(legacy_lm_head), pooled=False),
+    "sequence_classification": Task("DebertaV2ForSequenceClassification", sequence_classification, pooled=False),
     "multiple_choice": Task("DebertaV2ForMultipleChoice", _multiple_choice, pooled=False),
-    "token_classification": Task(
-        "DebertaV2ForTokenClassification",
-        shared_heads("token_classification", lambda config: config.hidden_dropout_prob),
-        pooled=False,
-    ),
-    "question_answering": Task(
-        "DebertaV2ForQuestionAnswering", shared_heads("question_answering", lambda config: 0.0), pooled=False
-    ),
+    **per_token_tasks("DebertaV2"),
 }
 
 

@@ -42,6 +42,7 @@ from .heads import (
     loss_labels,
 )
 from .layers import (
+    PART_BIAS_NAMES,
     AddNorm,
     Attention,
     AttentionBlock,
@@ -106,6 +107,7 @@ __all__ = [
     "Node",
     "NormalInit",
     "OnesInit",
+    "PART_BIAS_NAMES",
     "POOLING_MODES",
     "ParamSpec",
     "Pooler",

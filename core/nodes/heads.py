@@ -15,6 +15,8 @@ class LMDecoder(Node):
 
     Torch exposes ``decoder.weight`` (the embedding when tied) and ``decoder.bias`` (an alias of the
     enclosing head's ``bias``), as HF PyTorch does; flax has ``decoder/kernel`` only when untied.
+    ``aliased=False``: HF's head has no decoder module (it multiplies by the embedding directly), so a tied
+    decoder adds no torch keys.
     """
 
     kind: Literal["lm_decoder"] = "lm_decoder"
@@ -24,6 +26,7 @@ class LMDecoder(Node):
     init_std: float = 0.02
     feature_axis: str = "embed"
     bias: bool = False  # a bias of its own (``decoder.bias``), for heads that have none (``LMHead.bias=False``)
+    aliased: bool = True
 
     flax_rules: ClassVar[dict[str, FlaxRule]] = {"weight": FlaxRule(name="kernel", permutation=(1, 0))}
 

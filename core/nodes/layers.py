@@ -177,6 +177,9 @@ class Embeddings(Node):
         return ("position_ids", "token_type_ids")  # HF PyTorch's registered index buffers
 
 
+# The parameter names of an attention's own per-part biases (``Attention.part_biases``), as HF's DeBERTa.
+PART_BIAS_NAMES: dict[str, str] = {"query": "q_bias", "key": "k_bias", "value": "v_bias"}
+
 AttentionVariant = Annotated[
     FullAttention | BlockSparseAttention | DisentangledAttention | SlidingWindowAttention,
     Field(discriminator="kind"),
@@ -190,8 +193,15 @@ class Attention(Node):
     get ``(1 - m) * fill`` added, where ``fill`` is ``mask_fill`` or, for ``"dtype_min"``, the most
     negative finite value of the computation dtype.
 
-    Q/K/V come from ``query``/``key``/``value`` or one fused ``qkv`` (output rows: query, key, value, each
-    heads x head_dim); ``rotary`` rotates queries and keys by the call's positions after the head split.
+    Q/K/V come from ``query``/``key``/``value`` or one fused ``qkv``, whose output rows are laid out by
+    ``qkv_layout``: ``"blocks"`` (query, key, value, each heads x head_dim) or ``"per_head"`` (per head, its
+    query, key and value rows: HF's ``view(B, S, heads, 3 * head_dim)`` then ``chunk(3)``). ``part_biases``
+    adds a bias of the attention's own (``q_bias``, ``k_bias``, ``v_bias``, heads x head_dim) to those parts
+    after their projection. ``rotary`` rotates queries and keys by the call's positions after the head split.
+
+    Talking heads (``head_logits``, ``head_weights``: heads x heads maps without bias) mix the heads' scores
+    before the mask and the softmax, and their probabilities after the dropout; the mixed probabilities are
+    what ``output_attentions`` reports. Only disentangled attention implements them.
 
     ``source`` says what the keys and values read: the layer's own input (``"self"``) or the states of a
     separate encoder (``"encoder"``, cross-attention, masked by the encoder's mask and never causal). With a
@@ -216,21 +226,43 @@ class Attention(Node):
     source: Literal["self", "encoder"] = "self"
     pos_query: Projection | None = None  # disentangled attention: projects relative embeddings to queries
     pos_key: Projection | None = None  # ... and to keys (when they are not shared with query/key)
+    qkv_layout: Literal["blocks", "per_head"] = "blocks"
+    part_biases: tuple[Literal["query", "key", "value"], ...] = ()
+    head_logits: Linear | None = None  # talking heads: mixes the scores over heads before the softmax
+    head_weights: Linear | None = None  # ... and the probabilities after it
 
     @model_validator(mode="after")
     def _cross_is_full(self) -> Attention:
         if (self.qkv is None) != (self.query is not None and self.key is not None and self.value is not None):
             raise ValueError("attention needs either query, key and value projections or one fused qkv, not both")
+        if len(set(self.part_biases)) != len(self.part_biases):
+            raise ValueError(f"{self.path}: part_biases {self.part_biases} names a part twice")
+        for proj in (self.head_logits, self.head_weights):
+            if proj is None:
+                continue
+            if not isinstance(self.variant, DisentangledAttention):
+                raise ValueError(f"{self.path}: talking heads ({proj.path}) are implemented for disentangled attention")
+            if (proj.in_features, proj.out_features) != (self.num_heads, self.num_heads):
+                raise ValueError(f"{self.path}: {proj.path} must map {self.num_heads} heads to {self.num_heads}")
         if self.rotary is not None and self.source != "self":
             raise ValueError("rotary position embeddings apply to self-attention only")
         if self.source == "encoder" and (not isinstance(self.variant, FullAttention) or self.variant.causal):
             raise ValueError("cross-attention (source='encoder') must use non-causal full attention")
         variant = self.variant
+        if isinstance(variant, DisentangledAttention) and variant.relative and variant.share_keys and self.qkv:
+            raise ValueError(f"{self.path}: shared position keys need separate query and key projections")
         if isinstance(variant, DisentangledAttention) and variant.relative and not variant.share_keys:
             for term, proj in (("c2p", "pos_key"), ("p2c", "pos_query")):
                 if getattr(variant, term) != (getattr(self, proj) is not None):
                     raise ValueError(f"disentangled attention has {proj} exactly when it has {term} terms")
         return self
+
+    def param_specs(self) -> list[ParamSpec]:
+        width = self.num_heads * self.head_dim
+        return [
+            ParamSpec(name=PART_BIAS_NAMES[part], shape=(width,), axes=("heads",), init=ZerosInit())
+            for part in self.part_biases
+        ]
 
     @property
     def causal(self) -> bool:

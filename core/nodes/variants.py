@@ -71,6 +71,12 @@ class DisentangledAttention(_Frozen):
     content scores (the scale still counts the position terms, as HF PyTorch does). The position queries and
     keys are the attention's own ``query``/``key`` projections (``share_keys``) or its ``pos_query``/
     ``pos_key``. Masked pairs (either position padding) get ``mask_fill`` in place of their score.
+
+    ``scale`` says where the attention's ``score_divisor`` divides: ``"keys"`` divides the keys before the
+    content product and each gathered position term after its product (HF's DeBERTa-v2 order); ``"queries"``
+    divides the queries before every product that reads them (content and c2p) and the position queries
+    before the p2c product (HF's DeBERTa v1 order). The same numbers up to float rounding, which the order
+    decides.
     """
 
     kind: Literal["disentangled"] = "disentangled"
@@ -81,6 +87,7 @@ class DisentangledAttention(_Frozen):
     buckets: int  # <= 0: no bucketing
     max_distance: int = Field(gt=0)
     share_keys: bool
+    scale: Literal["keys", "queries"] = "keys"
     causal: Literal[False] = False
 
     @model_validator(mode="after")

@@ -150,6 +150,16 @@ MODERNBERT_CLASSES = {
     "question_answering": "ModernBertForQuestionAnswering",
 }
 MODERNBERT_BIASES = {"attention_bias": True, "mlp_bias": True, "norm_bias": True, "classifier_bias": True}
+DEBERTA_CLASSES = {
+    "base": "DebertaModel",
+    "masked_lm": "DebertaForMaskedLM",
+    "sequence_classification": "DebertaForSequenceClassification",
+    "token_classification": "DebertaForTokenClassification",
+    "question_answering": "DebertaForQuestionAnswering",
+}
+# DeBERTa v1's other parameter sets: talking heads, absolute positions, token types and a narrower embedding
+# width (embed_proj); one position term; the non-legacy masked-LM head (lm_predictions.lm_head).
+DEBERTA_TALKING = {"talking_head": True, "position_biased_input": True, "type_vocab_size": 2, "embedding_size": 20}
 DEBERTA_V2_CLASSES = {
     "base": "DebertaV2Model",
     "masked_lm": "DebertaV2ForMaskedLM",
@@ -176,6 +186,35 @@ SINUSOIDAL = {"sinusoidal_pos_embds": True}
 # untied MLMs pin the one layout difference tying makes (torch decoder.weight is its own tensor, flax gains
 # <head>/decoder/kernel); the causal LMs are decoders, with and without cross-attention.
 FAMILIES: dict[str, Family] = {
+    # microsoft/deberta-base's layout: relative attention (c2p, p2c) over a clamped table, no absolute positions,
+    # no token types; HF has no Flax DeBERTa.
+    "deberta": Family(
+        "DebertaConfig",
+        DEBERTA_CLASSES,
+        _flax(DEBERTA_CLASSES),
+        {
+            "vocab_size": 97,
+            "hidden_size": 36,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 3,
+            "intermediate_size": 53,
+            "max_position_embeddings": 41,
+            "relative_attention": True,
+            "pos_att_type": ["c2p", "p2c"],
+            "max_relative_positions": 24,
+            "position_biased_input": False,
+            "type_vocab_size": 0,
+            "num_labels": 5,
+        },
+        {
+            **_tasks(DEBERTA_CLASSES),
+            "base_talking": ("base", DEBERTA_TALKING),
+            "base_p2c": ("base", {"pos_att_type": ["p2c"]}),
+            "masked_lm_talking_untied": ("masked_lm", {**DEBERTA_TALKING, **UNTIED}),
+            "masked_lm_non_legacy": ("masked_lm", {"legacy": False, **UNTIED}),
+            "sequence_classification_talking": ("sequence_classification", DEBERTA_TALKING),
+        },
+    ),
     # DeBERTa-v3's layout: relative attention (c2p, p2c) with shared keys, a normalised bucketed table, no
     # absolute positions, no token types; HF has no Flax DeBERTa.
     "deberta-v2": Family(
