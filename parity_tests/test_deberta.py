@@ -10,6 +10,7 @@ non-legacy masked-LM head, relative attention off, the clamp at ``max_position_e
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import harness
@@ -18,7 +19,7 @@ import pytest
 import torch
 import transformers
 from harness import REFERENCES, Case
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 import tandem
 from tandem.core import nodes as n
@@ -143,6 +144,26 @@ def test_convert_to_flax_and_back(checkpoints: harness.CheckpointCache, tmp_path
     batch = harness.case_batch(loaded)
     harness.compare(
         "deberta flax(converted) vs flax", harness.run_flax(model, batch), harness.run_flax(loaded.flax, batch)
+    )
+
+
+def test_position_table_is_ignored_as_hf(checkpoints: harness.CheckpointCache, tmp_path: Path) -> None:
+    """``position_biased_input=False`` and a checkpoint that still holds ``position_embeddings``: HF drops it
+    silently (``_keys_to_ignore_on_load_unexpected``), so does tandem, and the outputs are unchanged."""
+    loaded = checkpoints.load("deberta", "base")
+    weights = load_file(loaded.directory / "model.safetensors")
+    weights["embeddings.position_embeddings.weight"] = np.ones((40, 36), np.float32)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text((loaded.directory / "config.json").read_text())
+    with harness.quiet():
+        _, info = transformers.DebertaModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["unexpected_keys"] == [] and info["missing_keys"] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = tandem.from_pretrained(tmp_path, backend="torch")
+    batch = harness.case_batch(loaded)
+    harness.compare(
+        "deberta torch (extra table) vs torch", harness.run_torch(model, batch), harness.run_torch(loaded.torch, batch)
     )
 
 

@@ -145,6 +145,9 @@ def embeddings(config: DisentangledConfig) -> Embeddings:
         norm=LayerNorm(path="LayerNorm", features=h, eps=config.layer_norm_eps),
         dropout=config.hidden_dropout_prob,
         sum_order=order,
+        # HF's DeBERTa classes ignore a position table in a checkpoint whose config turns absolute positions off
+        # (``_keys_to_ignore_on_load_unexpected``); so does tandem.
+        ignored=() if position else ("position_embeddings.weight",),
     )
 
 

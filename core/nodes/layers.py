@@ -165,6 +165,9 @@ class Embeddings(Node):
     word_scale: float | None = None  # multiply word embeddings (BigBird's rescale_embeddings)
     dropout_before_norm: bool = False
     default_positions: SkipPaddingPositions | None = None
+    # Tensors a checkpoint may hold under these embeddings that HF's class drops on load (its
+    # ``_keys_to_ignore_on_load_unexpected``): ignored, as buffers are.
+    ignored: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _terms_exist(self) -> Embeddings:
@@ -174,7 +177,7 @@ class Embeddings(Node):
         return self
 
     def buffers(self) -> tuple[str, ...]:
-        return ("position_ids", "token_type_ids")  # HF PyTorch's registered index buffers
+        return ("position_ids", "token_type_ids", *self.ignored)  # HF PyTorch's registered index buffers
 
 
 # The parameter names of an attention's own per-part biases (``Attention.part_biases``), as HF's DeBERTa.
