@@ -48,9 +48,23 @@ class PretrainedMethods:
         texts: str | Sequence[str],
         batch_size: int = 32,
         max_length: int | None = None,
-        progress: bool | None = None,
-    ) -> np.ndarray:
-        """:func:`tandem.encode` with this model (a ``sentence_embedding`` one): ``model.encode(tok, texts)``."""
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+    ) -> Any:
+        """:func:`tandem.encode` with this model (a ``sentence_embedding`` one): ``model.encode(tok, texts)``,
+        with sentence-transformers' arguments (``normalize_embeddings``, ``convert_to_tensor``...)."""
         from ..text import encode
 
-        return encode(self, tokenizer, texts, batch_size=batch_size, max_length=max_length, progress=progress)
+        return encode(
+            self,
+            tokenizer,
+            texts,
+            batch_size=batch_size,
+            max_length=max_length,
+            show_progress_bar=show_progress_bar,
+            normalize_embeddings=normalize_embeddings,
+            convert_to_numpy=convert_to_numpy,
+            convert_to_tensor=convert_to_tensor,
+        )

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import harness
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -160,6 +161,87 @@ def test_tokenizer_from_a_hub_id_in_the_offline_cache(
     _same(ours(SENTENCES, padding=True), tandem.Tokenizer.from_pretrained(directory)(SENTENCES, padding=True), "hub")
 
 
+def test_tokenizer_methods_as_hf(directory: Path, bpe_directory: Path, tmp_path: Path) -> None:
+    """What HF users call besides tok(...): ids and tokens both ways, special tokens by role, len, the extra
+    outputs of a call (offsets, special-token mask, lengths, pre-split words with word_ids), a per-call
+    padding side; on all-MiniLM-L6-v2 and on a byte-level BPE (whose vocab_size and len may differ)."""
+    ours, theirs = tandem.Tokenizer.from_pretrained(directory), transformers.AutoTokenizer.from_pretrained(directory)
+    ids = theirs(SENTENCES, padding=True)["input_ids"]
+    for name in ("convert_ids_to_tokens", "decode"):
+        assert getattr(ours, name)(ids[1]) == getattr(theirs, name)(ids[1]), name
+        assert getattr(ours, name)(np.array(ids[1])) == getattr(theirs, name)(ids[1]), name
+    assert ours.convert_ids_to_tokens(ids[1], skip_special_tokens=True) == theirs.convert_ids_to_tokens(
+        ids[1], skip_special_tokens=True
+    )
+    assert ours.convert_ids_to_tokens(2088) == theirs.convert_ids_to_tokens(2088) == "world"
+    tokens = theirs.tokenize(SENTENCES[1])
+    assert ours.tokenize(SENTENCES[1]) == tokens and ours.tokenize(SENTENCES[0], PAIRS[0]) == theirs.tokenize(
+        SENTENCES[0], PAIRS[0]
+    )
+    assert ours.convert_tokens_to_ids([*tokens, "notaword"]) == theirs.convert_tokens_to_ids([*tokens, "notaword"])
+    assert ours.convert_tokens_to_ids("hello") == theirs.convert_tokens_to_ids("hello")
+    assert ours.convert_tokens_to_string(tokens) == theirs.convert_tokens_to_string(tokens)
+    assert ours.encode(SENTENCES[0], PAIRS[0]) == theirs.encode(SENTENCES[0], PAIRS[0])
+    assert ours.get_vocab() == theirs.get_vocab()
+    for bpe in (False, True):
+        if bpe:
+            ours = tandem.Tokenizer.from_pretrained(bpe_directory)
+            theirs = transformers.RobertaTokenizerFast.from_pretrained(bpe_directory)
+        for name in ("all_special_tokens", "all_special_ids", "special_tokens_map", "vocab_size"):
+            assert getattr(ours, name) == getattr(theirs, name), (name, bpe)
+        for role in ("bos", "eos", "unk", "sep", "pad", "cls", "mask"):
+            for name in (f"{role}_token", f"{role}_token_id"):
+                assert getattr(ours, name) == getattr(theirs, name), (name, bpe)
+        assert len(ours) == len(theirs), bpe
+    ours, theirs = tandem.Tokenizer.from_pretrained(directory), transformers.AutoTokenizer.from_pretrained(directory)
+    extras = {"return_offsets_mapping": True, "return_special_tokens_mask": True, "return_length": True}
+    words = [text.split() for text in SENTENCES]
+    for tensors in (None, "np", "pt"):
+        for text, args in (
+            (SENTENCES, {"padding": True, **extras}),
+            (SENTENCES[0], extras),
+            (words, {"is_split_into_words": True, "padding": True, "truncation": True, "max_length": 16}),
+            (words[1], {"is_split_into_words": True}),
+            (SENTENCES, {"padding": True, "padding_side": "left"}),
+        ):
+            mine, hf = ours(text, return_tensors=tensors, **args), theirs(text, return_tensors=tensors, **args)
+            _same(mine, dict(hf), f"{args} {tensors}")
+            single = isinstance(text, str) or (isinstance(text[0], str) and args.get("is_split_into_words"))
+            for row in range(1 if single else len(text)):
+                assert mine.word_ids(row) == hf.word_ids(row) and mine.tokens(row) == hf.tokens(row), args
+    with pytest.raises(ValueError, match="padding_side must be 'right' or 'left', got 'up'"):
+        ours(SENTENCES, padding=True, padding_side="up")
+    with pytest.raises(TypeError, match="list of lists of words, with is_split_into_words=True"):
+        ours([["a"], "b"], is_split_into_words=True)
+    with pytest.raises(IndexError, match="batch_index 4 is out of range for 4 rows"):
+        ours(SENTENCES).word_ids(4)
+
+
+def test_tokenizer_save_pretrained(directory: Path, tmp_path: Path) -> None:
+    """tok.save_pretrained writes what HF's AutoTokenizer, tandem and sentence-transformers read back with the
+    same ids; a tandem sentence model saved next to it is a complete sentence-transformers folder."""
+    from sentence_transformers import SentenceTransformer
+
+    ours, theirs = tandem.Tokenizer.from_pretrained(directory), transformers.AutoTokenizer.from_pretrained(directory)
+    written = ours.save_pretrained(tmp_path)
+    assert sorted(Path(p).name for p in written) == [
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    for again in (tandem.Tokenizer.from_pretrained(tmp_path), transformers.AutoTokenizer.from_pretrained(tmp_path)):
+        assert again.model_max_length == 512 and again.model_input_names == theirs.model_input_names
+        _check_calls(again, theirs, SENTENCES, PAIRS)
+        ids = theirs(SENTENCES, padding=True)["input_ids"]
+        assert again.batch_decode(ids, skip_special_tokens=True) == theirs.batch_decode(ids, skip_special_tokens=True)
+    tandem.from_pretrained(directory).save_pretrained(tmp_path)
+    texts = [*SENTENCES, "long " * 300]
+    original = SentenceTransformer(str(directory), device="cpu").encode(texts)
+    np.testing.assert_array_equal(SentenceTransformer(str(tmp_path), device="cpu").encode(texts), original)
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        ours.save_pretrained(tmp_path / "tokenizer.json")
+
+
 def test_tokenizer_errors(directory: Path, tmp_path: Path) -> None:
     tok = tandem.Tokenizer.from_pretrained(directory)
     with pytest.raises(ValueError, match=r"input_ids rows have different lengths; pass padding=True"):
@@ -227,7 +309,7 @@ def test_encode_matches_sentence_transformers(directory: Path, tmp_path: Path) -
     texts = [*SENTENCES, "long " * 300, "Two backends, one spec."]
     theirs = SentenceTransformer(str(directory), device="cpu").encode(texts, batch_size=4)
     model, tok = tandem.from_pretrained(directory, backend="torch"), tandem.Tokenizer.from_pretrained(directory)
-    ours = tandem.encode(model, tok, texts, batch_size=4, progress=True)
+    ours = tandem.encode(model, tok, texts, batch_size=4, show_progress_bar=True)
     diff = float(np.abs(ours - theirs).max())
     harness.record("MiniLM tandem.encode (torch) vs sentence-transformers' encode", diff)
     assert diff <= 1e-5
@@ -239,6 +321,38 @@ def test_encode_matches_sentence_transformers(directory: Path, tmp_path: Path) -
     example = _example()
     embedded = example.embed(directory, example.SENTENCES, "torch", batch_size=2)
     assert embedded.shape == (4, 384) and np.allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_encode_takes_sentence_transformers_arguments(directory: Path, backend: str) -> None:
+    """normalize_embeddings, convert_to_tensor, convert_to_numpy and show_progress_bar mean what they mean in
+    sentence-transformers' encode: on the model without its Normalize module, normalize_embeddings=True gives
+    sentence-transformers' (normalised) embeddings and the default does not."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = [*SENTENCES, "long " * 300]
+    theirs = SentenceTransformer(str(directory), device="cpu").encode(texts, batch_size=2)
+    tok = tandem.Tokenizer.from_pretrained(directory)
+    model = tandem.from_pretrained(directory, backend=backend, normalize=False)
+    raw = model.encode(tok, texts, batch_size=2, show_progress_bar=False)
+    assert float(np.abs(np.linalg.norm(raw, axis=1) - 1).max()) > 0.1  # not unit length: the flag does the work
+    ours = model.encode(tok, texts, batch_size=2, normalize_embeddings=True)
+    diff = float(np.abs(ours - theirs).max())
+    harness.record(f"MiniLM encode(normalize_embeddings=True), {backend} vs sentence-transformers", diff)
+    assert diff <= 1e-5
+    tensor = model.encode(tok, texts, batch_size=2, normalize_embeddings=True, convert_to_tensor=True)
+    rows = tandem.encode(model, tok, texts, batch_size=2, normalize_embeddings=True, convert_to_numpy=False)
+    one = model.encode(tok, texts[0], convert_to_tensor=True)
+    kind = torch.Tensor if backend == "torch" else jax.Array
+    assert isinstance(tensor, kind) and tensor.shape == (5, 384) and tensor.dtype in (torch.float32, jnp.float32)
+    assert isinstance(rows, list) and len(rows) == 5 and all(isinstance(r, kind) and r.shape == (384,) for r in rows)
+    assert isinstance(one, kind) and one.shape == (384,)
+    np.testing.assert_array_equal(np.asarray(tensor), ours)
+    np.testing.assert_array_equal(np.stack([np.asarray(r) for r in rows]), ours)
+    with pytest.raises(TypeError, match="normalize_embeddings must be a bool, got str"):
+        model.encode(tok, texts, normalize_embeddings="yes")
+    with pytest.raises(TypeError, match=r"the call is encode\(model, tokenizer, texts\)"):
+        model.encode(texts, tok)
 
 
 def _example() -> ModuleType:

@@ -14,7 +14,7 @@ from ..backends import load_backend
 from ..core.nodes import SentencePooling
 from .tokenizer import Tokenizer
 
-_PROGRESS_FROM = 8  # batches: with progress=None, longer inputs show a bar (when tqdm is installed)
+_PROGRESS_FROM = 8  # batches: with show_progress_bar=None, longer inputs show a bar (when tqdm is installed)
 
 
 def _bar(texts: int, batches: int, progress: bool | None) -> Any:
@@ -25,7 +25,9 @@ def _bar(texts: int, batches: int, progress: bool | None) -> Any:
         from tqdm.auto import tqdm
     except ImportError:
         if progress:
-            warnings.warn("progress=True needs tqdm (pip install tqdm); encoding without a progress bar", stacklevel=3)
+            warnings.warn(
+                "show_progress_bar=True needs tqdm (pip install tqdm); encoding without a progress bar", stacklevel=3
+            )
         return None
     return tqdm(total=texts, desc="encode", unit="text")
 
@@ -36,8 +38,11 @@ def encode(
     texts: str | Sequence[str],
     batch_size: int = 32,
     max_length: int | None = None,
-    progress: bool | None = None,
-) -> np.ndarray:
+    show_progress_bar: bool | None = None,
+    normalize_embeddings: bool = False,
+    convert_to_numpy: bool = True,
+    convert_to_tensor: bool = False,
+) -> Any:
     """Sentence embeddings of ``texts`` as a float32 numpy array (N, D) in input order ((D,) for one str).
 
     ``model`` is a ``sentence_embedding`` model in any backend (``tandem.from_pretrained`` of a
@@ -45,7 +50,11 @@ def encode(
     (longest first), tokenized ``batch_size`` at a time with padding to the longest of the batch and
     truncation to ``max_length`` (default: the directory's ``max_seq_length``, else the smaller of the
     tokenizer's ``model_max_length`` and the model's ``max_position_embeddings``), and run without gradients.
-    ``progress``: a tqdm bar (None: only for inputs of 8 batches or more; needs tqdm).
+    The other arguments are sentence-transformers' ``encode`` arguments: ``show_progress_bar``, a tqdm bar
+    (None: only for inputs of 8 batches or more; needs tqdm); ``normalize_embeddings``, unit length (L2,
+    as ``F.normalize``; a no-op on a model that normalises already); ``convert_to_tensor``, one float32 tensor
+    of the model's framework (``torch.Tensor``; ``jax.Array`` for flax and nnx) instead of numpy;
+    ``convert_to_numpy=False``, a list of such 1-D tensors (one tensor for one str).
 
     Example:
         >>> model = tandem.from_pretrained(path)  # a sentence-transformers directory
@@ -62,7 +71,17 @@ def encode(
             "tandem.from_pretrained(path, task='sentence_embedding', pooling=..., normalize=...)"
         )
     if not isinstance(tokenizer, Tokenizer):
-        raise TypeError(f"tokenizer must be a tandem.Tokenizer, got {type(tokenizer).__name__}")
+        raise TypeError(
+            f"tokenizer must be a tandem.Tokenizer, got {type(tokenizer).__name__}: the call is "
+            "encode(model, tokenizer, texts) or model.encode(tokenizer, texts)"
+        )
+    for name, flag in (
+        ("normalize_embeddings", normalize_embeddings),
+        ("convert_to_numpy", convert_to_numpy),
+        ("convert_to_tensor", convert_to_tensor),
+    ):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     single = isinstance(texts, str)
@@ -78,7 +97,7 @@ def encode(
     order = np.argsort([-len(t) for t in items], kind="stable")  # longest first: less padding per batch
     backend = load_backend(model.backend)
     starts = range(0, len(items), batch_size)
-    bar = _bar(len(items), len(starts), progress)
+    bar = _bar(len(items), len(starts), show_progress_bar)
     try:
         with _no_grad(model.backend):
             for start in starts:
@@ -96,7 +115,24 @@ def encode(
     finally:
         if bar is not None:
             bar.close()
+    if normalize_embeddings:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+    if convert_to_tensor or not convert_to_numpy:
+        out = _framework_tensor(out, model.backend)
+        if not convert_to_tensor:
+            out = list(out)
     return out[0] if single else out
+
+
+def _framework_tensor(array: np.ndarray, backend: str) -> Any:
+    """``array`` as a tensor of the model's framework, as sentence-transformers' ``convert_to_tensor``."""
+    if backend == "torch":
+        import torch
+
+        return torch.from_numpy(array)
+    import jax.numpy as jnp
+
+    return jnp.asarray(array)
 
 
 def _no_grad(backend: str) -> Any:

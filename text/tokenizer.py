@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core.hub import resolve
+from .methods import Encoding, TokenizerMethods
 
 Padding = bool | Literal["longest", "max_length", "do_not_pad"]
 Truncation = bool | Literal["longest_first", "only_first", "only_second", "do_not_truncate"] | None
@@ -99,17 +100,7 @@ def _content(token: Any) -> str | None:
     return token if isinstance(token, str) else None
 
 
-class Encoding(dict):
-    """A tokenizer's output, like HF's ``BatchEncoding``: a dict (``model(**enc)``) readable as attributes."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no {name!r} in this encoding; it has {', '.join(self)}") from None
-
-
-class Tokenizer:
+class Tokenizer(TokenizerMethods):
     """A checkpoint's tokenizer, called as HF's: ``tok(texts, text_pair=None, padding=..., truncation=...,
     max_length=..., return_tensors=...)`` returns ``input_ids``, ``token_type_ids`` (when the model uses them)
     and ``attention_mask``, as HF's tokenizer of the checkpoint does.
@@ -142,6 +133,7 @@ class Tokenizer:
         self.truncation_side = truncation_side
         self.model_input_names = ["input_ids", *(["token_type_ids"] if token_type_ids else []), "attention_mask"]
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
+        self.additional_special_tokens = list(dict.fromkeys(additional_special_tokens))
         known = {t.content for t in backend.get_added_tokens_decoder().values()}
         wanted = [*self.special_tokens.values(), *additional_special_tokens]
         missing = [t for t in dict.fromkeys(wanted) if t not in known]
@@ -222,20 +214,6 @@ class Tokenizer:
             additional_special_tokens=[t for t in extra if t is not None],
         )
 
-    # ------------------------------------------------------------------------------------------ tokens
-    def token_id(self, name: str) -> int | None:
-        """The id of a special token by role (``"pad_token"``, ``"cls_token"``...), None when it has none."""
-        token = self.special_tokens.get(name)
-        return None if token is None else self.backend.token_to_id(token)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self.token_id("pad_token")
-
-    @property
-    def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
-
     # ----------------------------------------------------------------------------------------- encode
     def __call__(
         self,
@@ -249,15 +227,28 @@ class Tokenizer:
         add_special_tokens: bool = True,
         return_token_type_ids: bool | None = None,
         return_attention_mask: bool | None = None,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
+        is_split_into_words: bool = False,
+        padding_side: Literal["right", "left"] | None = None,
     ) -> Encoding:
         """Tokenize one text (or pair) or a batch, with HF's argument semantics: ``padding`` True/"longest"
         (to the longest row), "max_length" (to ``max_length``, else ``model_max_length``) or False;
         ``truncation`` True/"longest_first", "only_first", "only_second" or False, to ``max_length`` (else
         ``model_max_length``; ``max_length`` alone with no padding truncates longest-first, as HF).
-        ``return_tensors``: "np", "pt", "jax", or None for lists (a single text then gives flat lists)."""
-        single = isinstance(text, str)
-        texts = _texts(text, "text")
-        pairs = None if text_pair is None else _texts(text_pair, "text_pair")
+        ``return_tensors``: "np", "pt", "jax", or None for lists (a single text then gives flat lists).
+        ``is_split_into_words``: a text is a list of words (a batch, a list of such lists); the result's
+        ``word_ids(i)`` then maps each token to its word. ``padding_side`` overrides the tokenizer's for this call."""
+        side = self.padding_side if padding_side is None else padding_side
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
+        read = _words if is_split_into_words else _texts
+        single = isinstance(text, str) or (is_split_into_words and isinstance(text, (list, tuple)) and _flat(text))
+        if single and is_split_into_words:  # one list of words
+            text, text_pair = [text], None if text_pair is None else [text_pair]
+        texts = read(text, "text")
+        pairs = None if text_pair is None else read(text_pair, "text_pair")
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"text has {len(texts)} texts but text_pair has {len(pairs)}")
         pad, cut, length = self._strategies(padding, truncation, max_length, pad_to_multiple_of)
@@ -271,7 +262,7 @@ class Tokenizer:
         else:
             backend.enable_padding(
                 length=length if pad == "max_length" else None,
-                direction=self.padding_side,
+                direction=side,
                 pad_id=self.pad_token_id,
                 pad_type_id=0,
                 pad_token=self.special_tokens["pad_token"],
@@ -279,7 +270,9 @@ class Tokenizer:
             )
         try:
             batch = texts if pairs is None else list(zip(texts, pairs, strict=True))
-            encodings = backend.encode_batch(batch, add_special_tokens=add_special_tokens)
+            encodings = backend.encode_batch(
+                batch, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens
+            )
         finally:
             backend.no_padding()
             backend.no_truncation()
@@ -288,9 +281,17 @@ class Tokenizer:
             fields["token_type_ids"] = [e.type_ids for e in encodings]
         if return_attention_mask is not False:
             fields["attention_mask"] = [e.attention_mask for e in encodings]
-        if return_tensors is None:
-            return Encoding({k: v[0] for k, v in fields.items()} if single else fields)
-        return Encoding({k: _tensor(v, return_tensors, k) for k, v in fields.items()})
+        if return_special_tokens_mask:
+            fields["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
+        if return_offsets_mapping:
+            fields["offset_mapping"] = [e.offsets for e in encodings]
+        rows = {k: v[0] for k, v in fields.items()} if single and return_tensors is None else fields
+        if return_tensors is not None:
+            rows = {k: _tensor(v, return_tensors, k) for k, v in fields.items()}
+        if return_length:  # HF: each row's length, padding included (a list even for one text)
+            lengths = [len(e.ids) for e in encodings]
+            rows["length"] = lengths if return_tensors is None else _tensor([lengths], return_tensors, "length")[0]
+        return Encoding(rows, encodings)
 
     def _strategies(
         self, padding: Padding, truncation: Truncation, max_length: int | None, multiple: int | None
@@ -358,6 +359,22 @@ def _texts(value: Any, name: str) -> list[str]:
     if isinstance(value, (list, tuple)) and value and all(isinstance(t, str) for t in value):
         return list(value)
     raise TypeError(f"{name} must be a str or a non-empty list of str, got {type(value).__name__}")
+
+
+def _is_words(words: Any) -> bool:
+    return isinstance(words, (list, tuple)) and all(isinstance(w, str) for w in words)
+
+
+def _flat(words: Sequence[Any]) -> bool:
+    """Whether pre-tokenized input is one text (a list of str) rather than a batch (a list of lists)."""
+    return bool(words) and isinstance(words[0], str)
+
+
+def _words(value: Any, name: str) -> list[list[str]]:
+    """Pre-tokenized input (``is_split_into_words``): a non-empty list of lists of str."""
+    if isinstance(value, (list, tuple)) and value and all(_is_words(words) for words in value):
+        return [list(words) for words in value]
+    raise TypeError(f"{name} must be a list of words, or a list of lists of words, with is_split_into_words=True")
 
 
 def _tensor(rows: list[list[int]], kind: str, name: str) -> Any:
