@@ -15,22 +15,28 @@ from .nodes import DisentangledAttention
 
 
 def log_buckets(distance: np.ndarray, buckets: int, max_distance: int) -> np.ndarray:
-    """Distances within ``buckets // 2`` kept, longer ones mapped logarithmically up to ``max_distance``
-    (float32 throughout, as HF PyTorch's ``make_log_bucket_position`` computes them)."""
-    sign = np.sign(distance)
+    """Distances within ``mid = buckets // 2`` kept, longer ones mapped logarithmically up to ``max_distance``:
+    ``sign * (ceil(log(|d| / mid) / log((max_distance - 1) / mid) * (mid - 1)) + mid)``, in float32 as HF
+    PyTorch's ``make_log_bucket_position`` computes it, with correctly rounded float32 logs.
+
+    HF's two logs are torch's CPU ``log``, which is MKL's (``vmsLn``, high accuracy) and not correctly rounded
+    the same way on every CPU: its AVX-512 kernel (Intel) gives the correctly rounded logs' buckets everywhere
+    measured; its generic kernel (AMD CPUs) and its AVX2 kernel round some logs the other way, which moves a
+    distance whose bucket is an integer in exact arithmetic (``|d| / mid`` a power of ``(max_distance - 1) /
+    mid``) one bucket, and from ``buckets`` 48 on that bucket can be a table row (docs/families/deberta_v2.md
+    gives the measurements).
+    """
     mid = buckets // 2
-    near = (distance < mid) & (distance > -mid)
-    absolute = np.where(near, mid - 1, np.abs(distance)).astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):  # the log of 0 (mid == 1) is never selected
-        # Logs correctly rounded to float32 (through float64): numpy's and torch's float32 logs differ in the
-        # last bit at different places. A distance whose bucket is an exact integer before the ceil can still
-        # land one bucket off HF PyTorch's CPU kernel (docs/families/deberta_v2.md).
-        ratio = _log32(absolute / np.float32(mid)) / _log32(np.float32((max_distance - 1) / mid))
-        logged = np.ceil(ratio * np.float32(mid - 1)) + np.float32(mid)
-    return np.where(absolute <= mid, distance.astype(np.float32), logged * sign).astype(np.int64)
+    out = np.asarray(distance, dtype=np.int64).copy()
+    far = np.abs(out) > mid
+    ratio = _log32(np.abs(out[far]).astype(np.float32) / np.float32(mid)) / _log32(np.float32((max_distance - 1) / mid))
+    logged = np.ceil(ratio * np.float32(mid - 1)) + np.float32(mid)
+    out[far] = logged.astype(np.int64) * np.sign(out[far])
+    return out
 
 
 def _log32(x: np.ndarray | np.float32) -> np.ndarray:
+    """float32 logs correctly rounded (through float64, whose log is accurate well past float32's rounding)."""
     return np.log(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
 

@@ -21,11 +21,11 @@ import torch
 from harness import REFERENCES, Case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position, make_log_bucket_position
 
 import tandem
 from tandem.core.families.deberta_v2 import DebertaV2Config
-from tandem.core.relative import relative_positions
+from tandem.core.relative import log_buckets, relative_positions
 
 UNSHARED = {"share_att_key": False}
 V2 = {"position_biased_input": True, "type_vocab_size": 2, "position_buckets": -1, "max_relative_positions": 6}
@@ -76,6 +76,85 @@ def test_relative_positions_match_hf(buckets: int, max_distance: int) -> None:
     states = torch.zeros(1, 700, 1)
     expected = build_relative_position(states, states, bucket_size=buckets, max_position=max_distance)[0].numpy()
     np.testing.assert_array_equal(relative_positions(700, buckets, max_distance), expected)
+
+
+# Settings whose raw log buckets differed from HF PyTorch's on this machine (the bucket value of one distance
+# >= 25 is an integer in exact arithmetic, x = b**k, and the two float32 logs round it to either side): the
+# rows the model reads are clamped to the table there, so the outputs never differed.
+TIE_SETTINGS = [(16, 13), (17, 13), (18, 16), (19, 16), (32, 25), (32, 37)]
+
+
+def _rows(bucket: np.ndarray, span: int) -> np.ndarray:
+    """The table rows c2p (and, negated, p2c) read: distances clamped to the table, as HF's
+    ``clamp(relative_pos + att_span, 0, 2 * att_span - 1)``."""
+    return np.clip(bucket, -span, span - 1)
+
+
+def _explained(distance: np.ndarray, buckets: int, max_distance: int) -> np.ndarray:
+    """Where torch's float32 log on this machine is not correctly rounded at one of the two logs HF takes for a
+    distance (``log(|distance| / mid)``, ``log((max_distance - 1) / mid)``): the only place tandem's correctly
+    rounded logs and HF's may part."""
+    mid = buckets // 2
+    ratio = np.abs(distance).astype(np.float32) / np.float32(mid)
+    base = np.float32((max_distance - 1) / mid)
+    with np.errstate(divide="ignore"):  # log(0) at distance 0 when mid is 1, -inf in both
+        off = torch.log(torch.from_numpy(ratio)).numpy() != np.log(ratio.astype(np.float64)).astype(np.float32)
+    return off | (torch.log(torch.tensor(base)).item() != np.float32(np.log(np.float64(base))))
+
+
+@pytest.mark.parametrize(("buckets", "max_distance"), TIE_SETTINGS)
+def test_tie_settings_read_hf_rows(buckets: int, max_distance: int) -> None:
+    """At the settings whose raw buckets differ, every (query, key) pair reads HF's table row (c2p and p2c)."""
+    states = torch.zeros(1, 160, 1)
+    hf = build_relative_position(states, states, bucket_size=buckets, max_position=max_distance)[0].numpy()
+    ours = relative_positions(160, buckets, max_distance)
+    np.testing.assert_array_equal(_rows(ours, buckets), _rows(hf, buckets))
+    np.testing.assert_array_equal(_rows(-ours, buckets), _rows(-hf, buckets))
+    distance = np.arange(160)[:, None] - np.arange(160)[None, :]
+    assert _explained(distance[ours != hf], buckets, max_distance).all()
+
+
+SMALL_SWEEP = [(b, m) for b in range(2, 33) for m in range(b // 2 + 2, 130)]  # the tie settings lie in it
+WIDE_SWEEP = [(b, m) for b in range(2, 65) for m in range(b // 2 + 2, 301)] + [
+    (b, m) for b in (96, 128, 200, 256, 384, 512) for m in range(b // 2 + 2, b // 2 + 1200, 37)
+]
+
+
+@pytest.mark.parametrize(
+    "settings", [SMALL_SWEEP, pytest.param(WIDE_SWEEP, marks=pytest.mark.slow)], ids=["buckets<=32", "wide"]
+)
+def test_log_buckets_sweep_matches_hf(settings: list[tuple[int, int]]) -> None:
+    """Every valid (buckets, max_relative_positions) of the sweep (buckets 2-32 and the distance limit up to
+    129; with -m slow buckets 2-64 up to 300 and larger buckets up to 512) against HF's
+    ``make_log_bucket_position`` on every distance that reaches a table row: each raw bucket equals HF's unless
+    torch's log is not correctly rounded at that distance on this machine (``_explained``), and for buckets
+    <= 32 every row the model reads is HF's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of small ops: a second thread only waits (15x slower on a busy machine)
+    try:
+        unexplained, rows_off = _sweep(settings)
+    finally:
+        torch.set_num_threads(threads)
+    assert not rows_off, f"rows the model reads differ from HF's at (buckets, max_distance) {rows_off[:10]}"
+    assert not unexplained, f"(buckets, max_distance, distance) not explained by torch's log: {unexplained[:10]}"
+
+
+def _sweep(settings: list[tuple[int, int]]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """The (buckets, max_distance, distance) whose raw bucket differs from HF's where torch's log is correctly
+    rounded, and the settings with buckets <= 32 where a row the model reads differs."""
+    unexplained, rows_off = [], []
+    for buckets, max_distance in settings:
+        distance = np.arange(-1500, 1501)
+        ours = log_buckets(distance, buckets, max_distance)
+        reach = np.abs(ours) <= buckets + 1  # beyond, every bucket reads the table's last row
+        distance, ours = distance[reach], ours[reach]
+        hf = make_log_bucket_position(torch.from_numpy(distance), buckets, max_distance).to(torch.long).numpy()
+        if buckets <= 32 and not np.array_equal(_rows(ours, buckets), _rows(hf, buckets)):
+            rows_off.append((buckets, max_distance))
+        off = ours != hf
+        bad = off & ~_explained(distance, buckets, max_distance)
+        unexplained += [(buckets, max_distance, int(d)) for d in distance[bad]]
+    return unexplained, rows_off
 
 
 @st.composite
