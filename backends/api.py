@@ -21,13 +21,17 @@ from ..core.sharding import Rules
 from . import load_backend
 
 Backend = Literal["torch", "flax", "nnx"]
-DType = Literal["float32", "bfloat16", "float16"]
+DType = Literal["float32", "bfloat16", "float16"] | Any  # or a framework's dtype object
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _check_dtype(dtype: str) -> None:
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+def _dtype_name(dtype: Any) -> str:
+    """``dtype`` as one of :data:`_DTYPES`: a name, or a framework's dtype object as HF takes one
+    (``torch.float16``, ``jnp.bfloat16``, ``np.float32``), read by name so that no framework is imported."""
+    name = dtype if isinstance(dtype, str) else str(getattr(dtype, "__name__", dtype)).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES} (or the torch / jax / numpy dtype of one), got {dtype!r}")
+    return name
 
 
 def _check_names(task: str | None, backend: str) -> None:
@@ -67,7 +71,7 @@ def build(
     Example:
         >>> model = tandem.build(config, task="masked_lm", backend="flax")
     """
-    _check_dtype(dtype)
+    dtype = _dtype_name(dtype)
     _check_names(task, backend)
     _check_seed(seed)
     _, task, sentence = sentence_task(None, task, pooling, normalize)
@@ -130,7 +134,7 @@ def from_pretrained(
     ``num_labels``) are re-initialised and named in the warning, as HF's ``ignore_mismatched_sizes=True``
     does; a base-model weight that no longer fits (a new ``hidden_size``) is an error.
     """
-    _check_dtype(dtype)
+    dtype = _dtype_name(dtype)
     _check_names(task, backend)
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import harness
@@ -176,6 +177,45 @@ def test_config_overrides_resize_the_head(checkpoints: harness.CheckpointCache) 
     assert harness.max_abs_diff(logits["torch"], logits["nnx"]) <= harness.ATOL
 
 
+def test_config_label_maps_as_hf(checkpoints: harness.CheckpointCache, tmp_path: Path) -> None:
+    """``model.config.id2label`` / ``label2id`` read as HF's: int class indices (config.json's str keys
+    converted), ``LABEL_<i>`` by default, the names given as overrides otherwise."""
+    import transformers
+
+    directory = checkpoints.get("sequence_classification").directory
+    for overrides in ({}, {"num_labels": 3}, {"id2label": {0: "neg", 1: "pos", 2: "x"}}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a resized classifier is re-initialised, with a warning
+            model = tandem.from_pretrained(directory, backend="torch", **overrides)
+        model.save_pretrained(tmp_path)  # config.json writes the ids as str keys
+        for config in (model.config, tandem.from_pretrained(tmp_path, backend="torch").config):
+            reference = transformers.AutoConfig.from_pretrained(tmp_path)
+            assert config.id2label == reference.id2label and config.label2id == reference.label2id, overrides
+            assert config.id2label[config.num_labels - 1] == reference.id2label[reference.num_labels - 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dtype_objects_as_hf(backend: str) -> None:
+    """``dtype=torch.bfloat16`` (HF's habit), a jax or numpy dtype, or its name: the same model."""
+    import jax.numpy as jnp
+
+    config = tandem.BertConfig(**harness.TINY)
+    ids = np.array([[2, 7, 9]])
+    inputs = {"input_ids": torch.from_numpy(ids) if backend == "torch" else ids}
+
+    def hidden(model: object) -> np.ndarray:
+        with torch.no_grad():
+            state = model(**inputs).last_hidden_state
+        assert str(state.dtype).endswith("bfloat16")
+        return np.asarray(state.float() if backend == "torch" else state.astype(np.float32))
+
+    by_name = hidden(tandem.build(config, backend=backend, dtype="bfloat16"))
+    for dtype in (torch.bfloat16, jnp.bfloat16, np.dtype(jnp.bfloat16)):
+        np.testing.assert_array_equal(hidden(tandem.build(config, backend=backend, dtype=dtype)), by_name)
+    with pytest.raises(ValueError, match=r"dtype must be one of .*torch / jax / numpy dtype of one\), got torch.int8"):
+        tandem.build(config, backend=backend, dtype=torch.int8)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -251,6 +291,44 @@ def test_parity_on_a_real_padded_batch(
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["include_padding"] and result["torch_vs_flax"] == result["padded_positions"]
     assert result["torch_vs_flax"]["max_abs_diff"] > 1e-5
+
+
+def test_parity_on_real_texts(directory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``tandem parity PATH --texts FILE``: real sentences (and pairs, split by a tab) tokenized as HF's tokenizer
+    does, padded; ``--task sentence_embedding`` compares the embeddings with HF's base model followed by
+    sentence-transformers' pooling and normalisation, at 1e-4."""
+    import json
+
+    import transformers
+
+    from tandem.tools.cli import main
+    from tandem.tools.sentences import texts_batch
+
+    sentences = ["A man is eating food.", "Hi", "The new movie is awesome, and so is its soundtrack.", "Çafé 東京"]
+    (tmp_path / "texts.txt").write_text("\n".join(sentences) + "\n\n", encoding="utf-8")
+    (tmp_path / "pairs.txt").write_text("Who is eating?\tA man is eating food.\nHi\tHello there", encoding="utf-8")
+    hf = transformers.AutoTokenizer.from_pretrained(directory)
+    expected = hf(sentences, padding=True, truncation=True, return_tensors="np")
+    batch = texts_batch(directory, tmp_path / "texts.txt")
+    assert batch.keys() == expected.keys() and batch["attention_mask"].min() == 0
+    for name, value in expected.items():
+        np.testing.assert_array_equal(batch[name], value, err_msg=name)
+    pairs = hf(["Who is eating?", "Hi"], ["A man is eating food.", "Hello there"], padding=True, return_tensors="np")
+    for name, value in texts_batch(directory, tmp_path / "pairs.txt").items():
+        np.testing.assert_array_equal(value, pairs[name], err_msg=f"pairs {name}")
+
+    argv = ["parity", str(directory), "--texts", str(tmp_path / "texts.txt"), "--tol", "1e-4", "--json"]
+    assert main([*argv, "--task", "sentence_embedding"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["task"] == "sentence_embedding" and result["ok"]
+    worst = max(result["torch_vs_flax"]["max_abs_diff"], result["vs_reference"]["max_abs_diff"])  # null: missing
+    harness.record("MiniLM tandem parity --texts, sentence_embedding (real positions, embeddings)", worst)
+    assert worst <= 1e-4
+    assert main([*argv, "--inputs", str(tmp_path / "batch.npz")]) == 2
+    assert "give the batch as --inputs or as --texts, not both" in capsys.readouterr().out
+    (tmp_path / "texts.txt").write_text("\n \n")
+    assert main(argv) == 2
+    assert "holds no text: write one sentence a line" in capsys.readouterr().out
 
 
 def test_padded_positions_by_output_kind() -> None:

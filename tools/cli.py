@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     parity.add_argument("--length", type=int, default=16, help="length of the generated batch (default 16)")
     parity.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch (default 0)")
     parity.add_argument("--inputs", help="with PATH: an .npz of input_ids [attention_mask, token_type_ids...]")
+    parity.add_argument(
+        "--texts",
+        help="with PATH: a UTF-8 file of sentences, one a line (a tab splits a pair), tokenized with the "
+        "checkpoint's tokenizer, padded to the longest and truncated to the model's limit",
+    )
     parity.add_argument("--no-reference", action="store_true", help="skip the HF transformers reference")
     parity.add_argument(
         "--include-padding",
@@ -155,8 +160,10 @@ def _parity(args: argparse.Namespace) -> int:
 
     if args.batch < 1 or args.length < 2:
         raise ValueError(f"need --batch >= 1 and --length >= 2, got {args.batch} and {args.length}")
-    if args.path is None and args.inputs:
-        raise ValueError("--inputs needs a checkpoint PATH")
+    if args.path is None and (args.inputs or args.texts):
+        raise ValueError(f"{'--inputs' if args.inputs else '--texts'} needs a checkpoint PATH")
+    if args.inputs and args.texts:
+        raise ValueError("give the batch as --inputs or as --texts, not both")
     if args.path is not None and args.family:
         raise ValueError("--family applies without PATH only")
     tol = parity.TOLERANCE if args.tol is None else args.tol
@@ -178,6 +185,10 @@ def _parity(args: argparse.Namespace) -> int:
                     print(f"{family.name} {task}: {'ok' if result.ok else 'FAIL'}", file=sys.stderr)
         else:
             batch = parity.load_batch(args.inputs) if args.inputs else None
+            if args.texts:
+                from .sentences import texts_batch
+
+                batch = texts_batch(resolve(args.path, argument="path"), args.texts)
             results.append(
                 parity.checkpoint_parity(
                     args.path,

@@ -41,8 +41,10 @@ from ..core.checkpoint import read_weights, task_for_checkpoint
 from ..core.hub import resolve
 from ..core.nodes import ModelGraph, join
 from ..core.params import walk
+from ..core.sentence import SENTENCE_TASK
 from .harness import flatten_outputs
 from .references import REFERENCES, hf_torch_model
+from .sentences import sentence_reference
 
 TOLERANCE = 1e-5
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -433,7 +435,9 @@ def checkpoint_parity(
     reference = None
     if with_reference and reference_version() is not None:
         family = family_of(config)
-        if task == (task_for_checkpoint(config) or "base") and read_weights(path).layout == "torch":
+        if task == SENTENCE_TASK:  # HF's base model, then sentence-transformers' pooling
+            reference = sentence_reference(torch_model)
+        elif task == (task_for_checkpoint(config) or "base") and read_weights(path).layout == "torch":
             reference = hf_torch_model(path, family.name, task)
         else:
             with tempfile.TemporaryDirectory(prefix="tandem-parity-") as tmp:
