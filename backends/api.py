@@ -25,6 +25,20 @@ DType = Literal["float32", "bfloat16", "float16"] | Any  # or a framework's dtyp
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+# Keywords HF's from_pretrained takes that are neither config fields nor tandem arguments: what to do instead.
+_HF_LOADER_ARGUMENTS = {
+    "output_hidden_states": "pass it to the call: model(..., output_hidden_states=True)",
+    "output_attentions": "pass it to the call: model(..., output_attentions=True)",
+    "return_dict": "pass it to the call: model(..., return_dict=False)",
+    "attn_implementation": "tandem computes attention as HF's eager implementation does, in every backend",
+    "local_files_only": "set HF_HUB_OFFLINE=1 to read the HF cache only",
+    "cache_dir": "set HF_HUB_CACHE (or HF_HOME) to choose the HF cache",
+    "device_map": "move a torch model with model.to(device); shard with mesh= (docs/scale-out.md)",
+    "trust_remote_code": "tandem runs no code from a checkpoint",
+    "ignore_mismatched_sizes": "a head whose shape an override changes is re-initialised (and named in a warning)",
+}
+
+
 def _dtype_name(dtype: Any) -> str:
     """``dtype`` as one of :data:`_DTYPES`: a name, or a framework's dtype object as HF takes one
     (``torch.float16``, ``jnp.bfloat16``, ``np.float32``), read by name so that no framework is imported."""
@@ -140,6 +154,8 @@ def from_pretrained(
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     if "torch_dtype" in config_overrides:  # HF configs often hold a torch_dtype field, which changes nothing
         raise TypeError("from_pretrained takes dtype='float32'|'bfloat16'|'float16' (every backend), not torch_dtype")
+    for name in sorted(config_overrides.keys() & _HF_LOADER_ARGUMENTS.keys()):
+        raise TypeError(f"from_pretrained: {name} is not a config field; {_HF_LOADER_ARGUMENTS[name]}")
     directory = checkpoint_directory(resolve(path, revision, argument="path"), "path")
     directory, task, sentence = sentence_task(directory, task, pooling, normalize)
     config = config_from_hf(directory)

@@ -225,6 +225,8 @@ def test_dtype_objects_as_hf(backend: str) -> None:
         ({"num_labels": 3, "id2label": {0: "a"}}, r"from_pretrained: num_labels=3 but id2label names 1 labels"),
         ({"hidden_size": 48}, r"shape mismatch:\n  .*embeddings"),
         ({"torch_dtype": "bfloat16"}, r"from_pretrained takes dtype='float32'\|'bfloat16'\|'float16'"),
+        ({"output_hidden_states": True}, r"output_hidden_states is not a config field; pass it to the call: model\("),
+        ({"local_files_only": True}, r"local_files_only is not a config field; set HF_HUB_OFFLINE=1"),
     ],
 )
 def test_config_override_errors(overrides: dict, message: str, checkpoints: harness.CheckpointCache) -> None:
