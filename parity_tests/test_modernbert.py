@@ -105,6 +105,23 @@ def test_gradients_match_hf(checkpoints: harness.CheckpointCache) -> None:
     harness.compare_grads("modernbert flax vs HF torch grads", grads_f, grads_hf)
 
 
+def test_banded_gradients_of_rows_without_keys_match_hf(checkpoints: harness.CheckpointCache) -> None:
+    """The long padded batch (banded kernel; rows whose window holds no unmasked key, whose full-computation
+    weights are uniform over every key): the loss and every parameter's gradient in torch and flax against HF
+    PyTorch eager autograd. Such rows give the queries and keys gradients there (softmax's derivative at
+    uniform weights), which a constant mean of the values would not."""
+    loaded = checkpoints.load("modernbert", "masked_lm")
+    batch = _long_batch(loaded)
+    with quiet():
+        hf = type(loaded.hf).from_pretrained(str(loaded.directory), attn_implementation="eager")
+    loss_t, grads_t = harness.torch_grads(loaded.torch, batch)
+    loss_hf, grads_hf = harness.hf_torch_grads(hf, batch, list(grads_t))
+    loss_f, grads_f = harness.flax_grads(loaded.flax, batch)
+    assert abs(loss_t - loss_hf) <= harness.ATOL and abs(loss_f - loss_hf) <= harness.ATOL
+    harness.compare_grads("modernbert banded torch vs HF torch grads", grads_t, grads_hf)
+    harness.compare_grads("modernbert banded flax vs HF torch grads", grads_f, grads_hf)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

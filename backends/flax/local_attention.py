@@ -73,5 +73,32 @@ def banded_attention(
     probs = dropout(jax.nn.softmax(scores + bias[:, None], axis=-1), node.dropout, ctx)
     context = jnp.einsum("bhnqk,bhnkd->bhnqd", probs, _blocks(v, w, pad)).reshape(b, h, blocks * w, d)[:, :, :s]
     alive = jnp.any(window & (keep[:, :, None, :] != 0), axis=-1).reshape(b, 1, blocks * w, 1)[:, :, :s]
-    context = jnp.where(alive, context, jnp.mean(v, axis=2, keepdims=True))
+    uniform = jnp.mean(v, axis=2, keepdims=True) + _uniform_weights_grad(q, k, v, node.score_divisor)
+    context = jnp.where(alive, context, uniform)
     return context.transpose(0, 2, 1, 3).reshape(b, s, h * d)
+
+
+@jax.custom_vjp
+def _zero_with_grad(linear: Array) -> Array:
+    return jnp.zeros_like(linear)
+
+
+def _zero_fwd(linear: Array) -> tuple[Array, None]:
+    return jnp.zeros_like(linear), None
+
+
+def _zero_bwd(_: None, g: Array) -> tuple[Array]:
+    return (g,)
+
+
+_zero_with_grad.defvjp(_zero_fwd, _zero_bwd)
+
+
+def _uniform_weights_grad(q: Array, k: Array, v: Array, divisor: float) -> Array:
+    """Zero (B, h, S, d), whose gradient is the full computation's for q and k in a row with uniform weights
+    over all S keys (every score at the fill value): softmax's derivative there, ``(1/S) sum_j ds_j (v_j -
+    mean v)`` with ``ds_j = q . dk_j + dq . k_j``, over a (d, d) moment, so linear in S. The values' gradient
+    comes from the mean itself. Its forward is zeros (XLA drops the products when nothing differentiates)."""
+    centred = jax.lax.stop_gradient(v - jnp.mean(v, axis=2, keepdims=True))
+    moment = jnp.einsum("bhkd,bhke->bhde", k, centred) / jnp.asarray(k.shape[2] * divisor, q.dtype)
+    return _zero_with_grad(jnp.einsum("bhqd,bhde->bhqe", q, moment))

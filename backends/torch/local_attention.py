@@ -53,5 +53,19 @@ def banded_attention(
     probs = F.dropout(probs, p_drop, training=True) if p_drop > 0 else probs
     context = torch.matmul(probs, vb.transpose(-1, -2)).view(b, h, blocks * w, d)[:, :, :s]
     alive = (window & (keep[:, :, None, :] != 0)).any(-1).view(b, 1, blocks * w, 1)[:, :, :s]
-    context = torch.where(alive, context, v.mean(dim=2, keepdim=True))
+    uniform = v.mean(dim=2, keepdim=True)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        uniform = uniform + _uniform_weights_grad(q, k, v, node.score_divisor)
+    context = torch.where(alive, context, uniform)
     return context.transpose(1, 2).reshape(b, s, h * d)
+
+
+def _uniform_weights_grad(q: Tensor, k: Tensor, v: Tensor, divisor: float) -> Tensor:
+    """Zero (B, h, S, d), whose gradient is the full computation's for q and k in a row with uniform weights
+    over all S keys (every score at the fill value): softmax's derivative there, ``(1/S) sum_j ds_j (v_j -
+    mean v)`` with ``ds_j = q . dk_j + dq . k_j``, over a (d, d) moment, so linear in S. The values' gradient
+    comes from the mean itself."""
+    centred = (v - v.mean(dim=2, keepdim=True)).detach()
+    moment = torch.matmul(k.transpose(-1, -2), centred) / (k.shape[2] * divisor)  # (B, h, d, d)
+    linear = torch.matmul(q, moment)
+    return linear - linear.detach()
