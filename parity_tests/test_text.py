@@ -209,6 +209,8 @@ def test_tokenizer_methods_as_hf(directory: Path, bpe_directory: Path, tmp_path:
             single = isinstance(text, str) or (isinstance(text[0], str) and args.get("is_split_into_words"))
             for row in range(1 if single else len(text)):
                 assert mine.word_ids(row) == hf.word_ids(row) and mine.tokens(row) == hf.tokens(row), args
+    moved = ours(words, is_split_into_words=True, padding=True, return_tensors="pt").to("cpu")  # HF's BatchEncoding.to
+    assert isinstance(moved, tandem.text.Encoding) and moved.input_ids.device.type == "cpu" and moved.word_ids(1)[1] == 0
     with pytest.raises(ValueError, match="padding_side must be 'right' or 'left', got 'up'"):
         ours(SENTENCES, padding=True, padding_side="up")
     with pytest.raises(TypeError, match="list of lists of words, with is_split_into_words=True"):
@@ -349,6 +351,10 @@ def test_encode_takes_sentence_transformers_arguments(directory: Path, backend: 
     assert isinstance(one, kind) and one.shape == (384,)
     np.testing.assert_array_equal(np.asarray(tensor), ours)
     np.testing.assert_array_equal(np.stack([np.asarray(r) for r in rows]), ours)
+    if backend != "flax":  # a model left in training mode: encode runs without dropout and restores the mode
+        model.train()
+        np.testing.assert_array_equal(model.encode(tok, texts, batch_size=2, normalize_embeddings=True), ours)
+        assert model.training if backend == "torch" else not model.deterministic
     with pytest.raises(TypeError, match="normalize_embeddings must be a bool, got str"):
         model.encode(tok, texts, normalize_embeddings="yes")
     with pytest.raises(TypeError, match=r"the call is encode\(model, tokenizer, texts\)"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -99,7 +99,7 @@ def encode(
     starts = range(0, len(items), batch_size)
     bar = _bar(len(items), len(starts), show_progress_bar)
     try:
-        with _no_grad(model.backend):
+        with _no_grad(model.backend), _evaluation(model):
             for start in starts:
                 rows = order[start : start + batch_size]
                 texts_in = [items[i] for i in rows]
@@ -133,6 +133,29 @@ def _framework_tensor(array: np.ndarray, backend: str) -> Any:
     import jax.numpy as jnp
 
     return jnp.asarray(array)
+
+
+@contextmanager
+def _evaluation(model: Any) -> Iterator[None]:
+    """The model in evaluation mode (no dropout) for the call, as sentence-transformers' ``encode`` runs it, then
+    back in the mode it was in: torch's ``training`` flags, module by module; nnx's ``deterministic``. A linen
+    model is called with ``train=False`` anyway."""
+    if model.backend == "torch":
+        modes = {module: module.training for module in model.modules()}
+        model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes.items():
+                module.training = training
+    elif model.backend == "nnx" and not model.deterministic:
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train()
+    else:
+        yield
 
 
 def _no_grad(backend: str) -> Any:

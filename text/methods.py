@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # HF's SPECIAL_TOKENS_ATTRIBUTES order, which all_special_tokens follows
 ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _NO_LIMIT = int(1e30)  # what HF writes as model_max_length when there is none
@@ -34,6 +36,11 @@ class Encoding(dict):
     def tokens(self, batch_index: int = 0) -> list[str]:
         """The tokens of row ``batch_index``, padding included, as HF's ``BatchEncoding.tokens``."""
         return self._row(batch_index).tokens
+
+    def to(self, device: Any) -> Encoding:
+        """The torch tensors moved to ``device``, as HF's ``BatchEncoding.to`` (other values are kept as they are)."""
+        moved = {k: v.to(device) if hasattr(v, "to") and not isinstance(v, np.ndarray) else v for k, v in self.items()}
+        return Encoding(moved, self._encodings)
 
     def _row(self, index: int) -> Any:
         if not -len(self._encodings) <= index < len(self._encodings):
