@@ -73,6 +73,39 @@ def test_hub_id_resolves_through_the_offline_cache(offline_cache: Path, director
     )
 
 
+def test_hub_id_through_hf_home_with_blobs(directory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache exactly as huggingface_hub writes it (files in ``blobs/`` named by their git hash, relative links
+    from ``snapshots/<commit>/``) under ``HF_HOME``, offline: the sentence-transformers repository by Hub id (at
+    ``main`` and at its commit) gives sentence-transformers' embeddings of the same files, in every backend."""
+    import hashlib
+
+    from sentence_transformers import SentenceTransformer
+
+    repo = tmp_path / "home" / "hub" / ("models--" + REPO.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    for file in (f for f in directory.rglob("*") if f.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        blob.write_bytes(data)
+        link = repo / "snapshots" / COMMIT / file.relative_to(directory)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    texts = ["A man is eating food.", "Hi", "The new movie is awesome."]
+    theirs = SentenceTransformer(str(directory), device="cpu").encode(texts)  # (its Hub constants are import-time)
+    tok = tandem.Tokenizer.from_pretrained(REPO, revision=COMMIT)
+    for backend, revision in zip(BACKENDS, (None, "main", COMMIT), strict=True):
+        model = tandem.from_pretrained(REPO, backend=backend, revision=revision)
+        diff = float(np.abs(model.encode(tok, texts) - theirs).max())
+        harness.record(f"MiniLM by Hub id (HF_HOME cache, offline), {backend} vs sentence-transformers", diff)
+        assert model.graph.task == "sentence_embedding" and diff <= 1e-5, backend
+
+
 def test_hub_id_in_the_command(offline_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``tandem inspect`` and ``tandem convert`` take a Hub id too (``tandem parity``: the padded-batch test)."""
     import json
