@@ -1,7 +1,8 @@
 """``tandem.Tokenizer``: a checkpoint's tokenizer over the ``tokenizers`` library, giving what HF's returns.
 
 The tokenizer is the checkpoint's own ``tokenizer.json``, or one built from its vocabulary files as HF's
-converters build it (WordPiece from ``vocab.txt``, byte-level BPE from ``vocab.json`` + ``merges.txt``), with
+converters build it (WordPiece from ``vocab.txt``, byte-level BPE from ``vocab.json`` + ``merges.txt``, a
+SentencePiece model in ``sentencepiece.py``), with
 the special tokens, ``model_max_length`` and padding side of ``tokenizer_config.json`` /
 ``special_tokens_map.json``. A call sets padding and truncation on the ``tokenizers`` object the way HF's
 fast tokenizers do (``PreTrainedTokenizerFast.set_truncation_and_padding``), so the ids are HF's.
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core.hub import resolve
+from . import sentencepiece
 from .methods import Encoding, TokenizerMethods
 
 Padding = bool | Literal["longest", "max_length", "do_not_pad"]
@@ -148,8 +150,9 @@ class Tokenizer(TokenizerMethods):
         """The tokenizer of a checkpoint directory or HF Hub id (through ``huggingface_hub``'s cache, as
         :func:`tandem.from_pretrained`). Reads ``tokenizer.json``, else builds WordPiece from ``vocab.txt``
         (``do_lower_case``, ``tokenize_chinese_chars``, ``strip_accents`` from ``tokenizer_config.json``) or a
-        byte-level BPE from ``vocab.json`` + ``merges.txt`` (``add_prefix_space``). SentencePiece models
-        (``spiece.model``) need the checkpoint's ``tokenizer.json``."""
+        byte-level BPE from ``vocab.json`` + ``merges.txt`` (``add_prefix_space``), or the tokenizer HF's fast
+        class builds from a SentencePiece model (``spiece.model``, ``sentencepiece.bpe.model``, ``spm.model``:
+        ALBERT, BigBird, XLM-RoBERTa, CamemBERT, DeBERTa-v2/v3; :mod:`tandem.text.sentencepiece`)."""
         directory = resolve(path_or_hub_id, revision, weights=False, argument="path_or_hub_id")
         if not directory.is_dir():
             raise FileNotFoundError(f"no tokenizer files at {directory}: path_or_hub_id names no directory")
@@ -158,6 +161,8 @@ class Tokenizer(TokenizerMethods):
         tk = _tokenizers()
         kind = config.get("tokenizer_class")
         kind = kind.removesuffix("Fast") if isinstance(kind, str) else None
+        model_type = _read_json(directory / "config.json").get("model_type")
+        family = None
         if (directory / "tokenizer.json").is_file():
             backend = tk.Tokenizer.from_file(str(directory / "tokenizer.json"))
             defaults: dict[str, str] = {}
@@ -167,15 +172,14 @@ class Tokenizer(TokenizerMethods):
         elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
             defaults = _BPE_DEFAULTS
             backend = None
-        elif any((directory / name).is_file() for name in ("spiece.model", "sentencepiece.bpe.model")):
-            raise ValueError(
-                f"{directory} has a SentencePiece model but no tokenizer.json: tandem reads SentencePiece tokenizers "
-                "from tokenizer.json only (converting spiece.model needs sentencepiece and protobuf). Write it once "
-                "with HF: AutoTokenizer.from_pretrained(path).save_pretrained(path)"
-            )
+        elif any((directory / name).is_file() for name in sentencepiece.FILES):
+            family = sentencepiece.family_of(directory, kind, model_type)
+            defaults = family.special
+            backend = None
         else:
             raise FileNotFoundError(
-                f"no tokenizer in {directory}: expected tokenizer.json, vocab.txt, or vocab.json and merges.txt"
+                f"no tokenizer in {directory}: expected tokenizer.json, vocab.txt, vocab.json and merges.txt, or a "
+                f"SentencePiece model ({', '.join(sentencepiece.FILES)})"
             )
         special = dict(defaults)
         for name in _SPECIAL:
@@ -184,24 +188,32 @@ class Tokenizer(TokenizerMethods):
                 if value is not None:
                     special[name] = value
         cleanup = defaults is _WORDPIECE_DEFAULTS
+        extra = [_content(t) for source in (tokens_map, config) for t in source.get("additional_special_tokens") or ()]
+        extra = [t for t in extra if t is not None]
         if backend is not None:
             _match_bert_normalizer(backend, config)
+        elif family is not None:
+            extra = extra or list(family.additional)
+            model = next(directory / n for n in (family.file, *sentencepiece.FILES) if (directory / n).is_file())
+            files = {"tokenizer_config.json": config, "special_tokens_map.json": tokens_map}
+            files["added_tokens.json"] = _read_json(directory / "added_tokens.json")
+            backend = sentencepiece.build(tk, model, family, files, special, extra)
         elif defaults is _WORDPIECE_DEFAULTS:
             backend = _build_wordpiece(directory, config, special)
         else:
             backend = _build_bpe(directory, config, special)
         limit = config.get("model_max_length")
         names = config.get("model_input_names")
-        model_type = _read_json(directory / "config.json").get("model_type")
         if isinstance(names, list):
             token_types = "token_type_ids" in names
         elif kind is not None:
             token_types = kind not in _NO_TOKEN_TYPES
         elif model_type is not None:  # as HF's AutoTokenizer: the tokenizer class of config.json's model_type
             token_types = model_type not in _NO_TOKEN_TYPE_MODELS
+        elif family is not None:  # the family its SentencePiece model file's name belongs to
+            token_types = family.tokenizer_class not in _NO_TOKEN_TYPES
         else:  # the class whose files these are: BertTokenizer, or RobertaTokenizer for vocab.json + merges.txt
             token_types = defaults is not _BPE_DEFAULTS
-        extra = [_content(t) for source in (tokens_map, config) for t in source.get("additional_special_tokens") or ()]
         return cls(
             backend,
             special,
@@ -211,7 +223,7 @@ class Tokenizer(TokenizerMethods):
             token_type_ids=token_types,
             # HF's default: False, except when it converts BertTokenizer's files (that class defaults to True)
             clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", cleanup)),
-            additional_special_tokens=[t for t in extra if t is not None],
+            additional_special_tokens=extra,
         )
 
     # ----------------------------------------------------------------------------------------- encode
