@@ -66,12 +66,15 @@ class ModelOutput(dict):
             return self.to_tuple()[key]
         return super().__getitem__(key)
 
-    def to_tuple(self) -> tuple[Any, ...]:
-        """The values that are set, in HF's order for this output (fields HF's classes lack come last)."""
+    def names(self) -> list[str]:
+        """The fields that are set, in HF's order for this output (fields HF's classes lack come last)."""
         order = _BASE_ORDER if "last_hidden_state" in self else _HEAD_ORDER
         names = [k for k in (*order, "cross_attentions") if k in self]
-        names += [k for k in self if k not in names]
-        return tuple(dict.__getitem__(self, k) for k in names)
+        return names + [k for k in self if k not in names]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The values that are set, in HF's order for this output (:meth:`names`)."""
+        return tuple(dict.__getitem__(self, k) for k in self.names())
 
 
 def finish(out: dict[str, Any], return_dict: bool | None) -> ModelOutput | tuple[Any, ...]:
@@ -80,4 +83,5 @@ def finish(out: dict[str, Any], return_dict: bool | None) -> ModelOutput | tuple
     if return_dict is not None and not isinstance(return_dict, bool):
         raise TypeError(f"return_dict must be a bool, got {type(return_dict).__name__}")
     result = ModelOutput(out)
+    result = ModelOutput(zip(result.names(), result.to_tuple(), strict=True))  # keys in HF's order, as to_tuple
     return result if return_dict is not False else result.to_tuple()

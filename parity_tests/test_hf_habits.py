@@ -163,6 +163,7 @@ def test_outputs_index_and_tuple_as_hf(task: str, checkpoints: harness.Checkpoin
     flags = {"output_hidden_states": True, "output_attentions": True}
     with torch.no_grad():
         reference = _flat(loaded.hf(**batch.torch(), **flags, return_dict=False))
+        names = list(loaded.hf(**batch.torch(), **flags).keys())
     for backend in BACKENDS:
         model = loaded.torch if backend == "torch" else loaded.flax
         if backend == "nnx":
@@ -172,6 +173,7 @@ def test_outputs_index_and_tuple_as_hf(task: str, checkpoints: harness.Checkpoin
             out = model(**inputs, **flags)
             plain = model(**inputs, **flags, return_dict=False)
         assert isinstance(plain, tuple) and len(plain) == len(out.to_tuple()) == len(out)
+        assert list(out) == list(out.keys()) == names, backend  # iteration too follows HF's field order
         assert isinstance(model(**inputs, return_dict=None), tandem.ModelOutput)  # HF's "config decides"
         with pytest.raises(TypeError, match="return_dict must be a bool, got str"):
             model(**inputs, return_dict="no")
