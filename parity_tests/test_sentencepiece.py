@@ -236,6 +236,16 @@ def test_sentencepiece_matches_hf(trained: Callable, tmp_path: Path, family: str
     ids = fast(TEXTS, PAIRS, padding=True)["input_ids"]
     for skip in (False, True):
         assert ours.batch_decode(ids, skip_special_tokens=skip) == fast.batch_decode(ids, skip_special_tokens=skip)
+    # Saved as tokenizer.json and read back by tandem and by HF's AutoTokenizer: the same ids as HF's fast
+    # tokenizer saved and read back. (Not always the ids before saving: the tokenizers library reads normalised
+    # added tokens back differently, e.g. BigBird's "<s> and </s>" gains a "▁" before "</s>", in HF's too.)
+    fast.save_pretrained(tmp_path / "hf-saved")
+    fast_again = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf-saved")
+    ours.save_pretrained(tmp_path / "saved")
+    for again in (tandem.Tokenizer, transformers.AutoTokenizer):
+        reloaded = again.from_pretrained(tmp_path / "saved")
+        expected = fast_again(TEXTS, PAIRS, padding=True)
+        _same(reloaded(TEXTS, PAIRS, padding=True), expected, f"saved, {again.__name__}")
 
 
 @pytest.mark.parametrize("tokens_map", [True, False], ids=["special_tokens_map", "no-special_tokens_map"])
