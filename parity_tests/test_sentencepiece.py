@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -318,9 +319,13 @@ def _edit_model(source: Path, target: Path, edit: Callable[[object], None]) -> N
     target.write_bytes(proto.SerializeToString())
 
 
-def test_sentencepiece_errors(trained: Callable, tmp_path: Path) -> None:
+def test_sentencepiece_errors(trained: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     directory = _saved(trained, tmp_path, "albert", "unigram")
     model = directory / "spiece.model"
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "sentencepiece", None)  # not installed
+        with pytest.raises(ImportError, match=r"reading spiece.model needs the sentencepiece and protobuf packages"):
+            tandem.Tokenizer.from_pretrained(directory)
     original = model.read_bytes()
     model.write_bytes(b"\x00not a model")
     with pytest.raises(ValueError, match=r"spiece.model: not a SentencePiece model"):

@@ -6,7 +6,10 @@ it (``transformers.convert_slow_tokenizer``): a Unigram (or BPE) model over the 
 model's precompiled character map, a Metaspace pre-tokenizer and decoder, and the family's template of special
 tokens. :data:`FAMILIES` writes down what differs between the families; :func:`build` assembles the rest. The
 model file is read with the ``sentencepiece`` package's protobuf message (a plain protobuf parse: nothing is
-unpickled or executed).
+unpickled or executed). Like HF's converters, it uses the normaliser spec's precompiled character map but not
+its ``add_dummy_prefix`` / ``remove_extra_whitespaces`` switches: the Metaspace pre-tokenizer always puts a
+"▁" before the text and each family's normalizer collapses spaces its own way (where HF's slow,
+sentencepiece-run tokenizers therefore differ, tandem gives the fast ones' ids).
 """
 
 from __future__ import annotations
@@ -178,6 +181,7 @@ def read_model(path: Path) -> Any:
 
 
 def _vocabulary(proto: Any, family: Family) -> list[tuple[str, float]]:
+    """(piece, score) by id, as the family's converter lays the vocabulary out."""
     pieces = [(p.piece, p.score) for p in proto.pieces[family.skip :]]
     if family.number_comma:  # as AlbertConverter: "1," loses to "1" + "," so numbers split before the comma
         pieces = [(p, s - 100 if len(p) > 1 and p[-1] == "," and p[-2].isdigit() else s) for p, s in pieces]
