@@ -210,7 +210,8 @@ def test_tokenizer_methods_as_hf(directory: Path, bpe_directory: Path, tmp_path:
             for row in range(1 if single else len(text)):
                 assert mine.word_ids(row) == hf.word_ids(row) and mine.tokens(row) == hf.tokens(row), args
     moved = ours(words, is_split_into_words=True, padding=True, return_tensors="pt").to("cpu")  # HF's BatchEncoding.to
-    assert isinstance(moved, tandem.text.Encoding) and moved.input_ids.device.type == "cpu" and moved.word_ids(1)[1] == 0
+    assert isinstance(moved, tandem.text.Encoding) and moved.input_ids.device.type == "cpu"
+    assert moved.word_ids(1)[1] == 0
     with pytest.raises(ValueError, match="padding_side must be 'right' or 'left', got 'up'"):
         ours(SENTENCES, padding=True, padding_side="up")
     with pytest.raises(TypeError, match="list of lists of words, with is_split_into_words=True"):
@@ -359,6 +360,27 @@ def test_encode_takes_sentence_transformers_arguments(directory: Path, backend: 
         model.encode(tok, texts, normalize_embeddings="yes")
     with pytest.raises(TypeError, match=r"the call is encode\(model, tokenizer, texts\)"):
         model.encode(texts, tok)
+
+
+def test_sentence_transformers_subfolder_layout(directory: Path, tmp_path: Path) -> None:
+    """The older sentence-transformers layout (the transformer, its tokenizer included, in ``0_Transformer/``):
+    the tokenizer and the model load from the top folder and give sentence-transformers' embeddings."""
+    from sentence_transformers import SentenceTransformer
+
+    (tmp_path / "0_Transformer").mkdir()
+    for file in directory.iterdir():
+        if file.is_file() and file.name not in ("modules.json", "README.md"):
+            shutil.copy(file, tmp_path / "0_Transformer" / file.name)
+    shutil.copytree(directory / "1_Pooling", tmp_path / "1_Pooling")
+    modules = json.loads((directory / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    theirs = SentenceTransformer(str(tmp_path), device="cpu").encode(SENTENCES)
+    tok = tandem.Tokenizer.from_pretrained(tmp_path)
+    _same(tok(SENTENCES, padding=True), tandem.Tokenizer.from_pretrained(directory)(SENTENCES, padding=True), "0_")
+    diff = float(np.abs(tandem.from_pretrained(tmp_path).encode(tok, SENTENCES) - theirs).max())
+    harness.record("MiniLM in the 0_Transformer layout, torch vs sentence-transformers", diff)
+    assert diff <= 1e-5
 
 
 def _example() -> ModuleType:

@@ -193,6 +193,23 @@ class TokenizerMethods:
         return tuple(paths)
 
 
+def tokenizer_folder(directory: Path) -> Path:
+    """Where a checkpoint's tokenizer files are: ``directory``, or, for a sentence-transformers folder whose
+    ``Transformer`` module sits in a subfolder (``0_Transformer/``, the older layout) and that has no tokenizer
+    files of its own, that subfolder (where sentence-transformers reads them)."""
+    listing = directory / "modules.json"
+    if not listing.is_file() or any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        return directory
+    try:
+        modules = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{listing}: cannot read it as JSON ({error})") from error
+    for module in modules if isinstance(modules, list) else ():
+        if isinstance(module, dict) and str(module.get("type", "")).endswith("Transformer") and module.get("path"):
+            return directory / str(module["path"])
+    return directory
+
+
 def _ids(ids: Any) -> list[int]:
     """A sequence or 1-D array of ids of any framework as a list of ints."""
     if hasattr(ids, "tolist"):

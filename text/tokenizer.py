@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.hub import resolve
 from . import sentencepiece
-from .methods import Encoding, TokenizerMethods
+from .methods import Encoding, TokenizerMethods, tokenizer_folder
 
 Padding = bool | Literal["longest", "max_length", "do_not_pad"]
 Truncation = bool | Literal["longest_first", "only_first", "only_second", "do_not_truncate"] | None
@@ -153,7 +153,7 @@ class Tokenizer(TokenizerMethods):
         byte-level BPE from ``vocab.json`` + ``merges.txt`` (``add_prefix_space``), or the tokenizer HF's fast
         class builds from a SentencePiece model (``spiece.model``, ``sentencepiece.bpe.model``, ``spm.model``:
         ALBERT, BigBird, XLM-RoBERTa, CamemBERT, DeBERTa-v2/v3; :mod:`tandem.text.sentencepiece`)."""
-        directory = resolve(path_or_hub_id, revision, weights=False, argument="path_or_hub_id")
+        directory = tokenizer_folder(resolve(path_or_hub_id, revision, weights=False, argument="path_or_hub_id"))
         if not directory.is_dir():
             raise FileNotFoundError(f"no tokenizer files at {directory}: path_or_hub_id names no directory")
         config = _read_json(directory / "tokenizer_config.json")
