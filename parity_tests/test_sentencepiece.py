@@ -312,6 +312,26 @@ def test_sentencepiece_family_from_config_json_or_file_name(trained: Callable, t
         tandem.Tokenizer.from_pretrained(ambiguous)
 
 
+def test_sentencepiece_deberta_v3_hub_layout(trained: Callable, tmp_path: Path) -> None:
+    """microsoft/deberta-v3-*'s files: spm.model, a tokenizer_config.json without tokenizer_class,
+    config.json's model_type, added_tokens.json putting [MASK] past the model, special tokens as strings;
+    against what HF's AutoTokenizer makes of them (DebertaV2TokenizerFast)."""
+    shutil.copy(trained("deberta", "unigram"), tmp_path / "spm.model")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "vocab_type": "spm"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "deberta-v2"}))
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"[MASK]": 300}))
+    roles = {"bos_token": "[CLS]", "cls_token": "[CLS]", "eos_token": "[SEP]", "mask_token": "[MASK]"}
+    roles.update(pad_token="[PAD]", sep_token="[SEP]", unk_token="[UNK]")
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(roles))
+    fast = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert type(fast).__name__ == "DebertaV2TokenizerFast"
+    ours = tandem.Tokenizer.from_pretrained(tmp_path)
+    _same_pipeline(ours, fast)
+    texts = [*TEXTS, *SPECIAL_TEXTS]
+    _same(ours(texts, padding=True), fast(texts, padding=True), "deberta-v3 layout")
+    _same(ours(TEXTS, PAIRS, padding=True), fast(TEXTS, PAIRS, padding=True), "deberta-v3 layout, pairs")
+
+
 def _edit_model(source: Path, target: Path, edit: Callable[[object], None]) -> None:
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(source.read_bytes())
