@@ -182,6 +182,10 @@ def test_tokenizer_methods_as_hf(directory: Path, bpe_directory: Path, tmp_path:
     assert ours.convert_tokens_to_ids("hello") == theirs.convert_tokens_to_ids("hello")
     assert ours.convert_tokens_to_string(tokens) == theirs.convert_tokens_to_string(tokens)
     assert ours.encode(SENTENCES[0], PAIRS[0]) == theirs.encode(SENTENCES[0], PAIRS[0])
+    _same(ours.encode_plus(SENTENCES[1], PAIRS[1]), dict(theirs.encode_plus(SENTENCES[1], PAIRS[1])), "encode_plus")
+    for batch in (SENTENCES, list(zip(SENTENCES, PAIRS, strict=True))):
+        args = {"padding": True, "truncation": True, "max_length": 12, "return_tensors": "np"}
+        _same(ours.batch_encode_plus(batch, **args), dict(theirs.batch_encode_plus(batch, **args)), "batch_encode_plus")
     assert ours.get_vocab() == theirs.get_vocab()
     for bpe in (False, True):
         if bpe:

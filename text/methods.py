@@ -155,6 +155,21 @@ class TokenizerMethods:
             raise TypeError(f"encode takes one str (and a str pair), got {type(text).__name__}; call tok(texts)")
         return self(text, text_pair, **kwargs)["input_ids"]  # type: ignore[operator]
 
+    def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> Encoding:
+        """HF's older name for a call on one text (or pair): ``tok(text, text_pair, **kwargs)``."""
+        if not isinstance(text, str) or (text_pair is not None and not isinstance(text_pair, str)):
+            raise TypeError(f"encode_plus takes one str (and a str pair), got {type(text).__name__}")
+        return self(text, text_pair, **kwargs)  # type: ignore[operator]
+
+    def batch_encode_plus(self, batch_text_or_text_pairs: Sequence[str | Sequence[str]], **kwargs: Any) -> Encoding:
+        """HF's older name for a batch call: a list of texts, or of (text, pair) tuples."""
+        items = list(batch_text_or_text_pairs) if isinstance(batch_text_or_text_pairs, (list, tuple)) else []
+        if items and all(isinstance(i, (list, tuple)) and len(i) == 2 for i in items):
+            return self([i[0] for i in items], [i[1] for i in items], **kwargs)  # type: ignore[operator]
+        if not items or not all(isinstance(i, str) for i in items):
+            raise TypeError("batch_encode_plus takes a non-empty list of str, or of (text, pair) tuples")
+        return self(items, **kwargs)  # type: ignore[operator]
+
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> tuple[str, ...]:
         """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into
         ``save_directory``, which ``Tokenizer.from_pretrained``, HF's ``AutoTokenizer`` (as a
