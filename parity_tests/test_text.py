@@ -224,6 +224,27 @@ def test_tokenizer_methods_as_hf(directory: Path, bpe_directory: Path, tmp_path:
         ours(SENTENCES).word_ids(4)
 
 
+def test_tokenizer_pad_as_hf(directory: Path) -> None:
+    """tok.pad on unpadded rows (one dict per row with labels, as a data collator hands them, or a dict of rows),
+    as HF's pad; HF's DataCollatorWithPadding runs with tandem's tokenizer and gives what it gives with HF's."""
+    ours, theirs = tandem.Tokenizer.from_pretrained(directory), transformers.AutoTokenizer.from_pretrained(directory)
+    rows = [dict(ours(text, return_special_tokens_mask=True), labels=i) for i, text in enumerate(SENTENCES)]
+    calls = [
+        ({"return_tensors": None}, rows),
+        ({"return_tensors": "np", "padding_side": "left", "pad_to_multiple_of": 8}, rows),
+        ({"return_tensors": "pt", "padding": "max_length", "max_length": 80}, rows),
+        ({"return_attention_mask": False}, {"input_ids": [row["input_ids"] for row in rows]}),
+        ({"padding": "max_length", "max_length": 12}, {k: v for k, v in rows[3].items() if k != "labels"}),
+    ]
+    for args, features in calls:
+        copy = [dict(row) for row in features] if isinstance(features, list) else dict(features)
+        _same(ours.pad(copy, **args), dict(theirs.pad(features, **args)), f"pad {args}")
+        for name, value in ours.pad(copy, **args).items():
+            assert type(value) is type(theirs.pad(features, **args)[name]), (name, args)
+    collated = transformers.DataCollatorWithPadding(ours, return_tensors="pt")([dict(row) for row in rows])
+    _same(collated, dict(transformers.DataCollatorWithPadding(theirs, return_tensors="pt")(rows)), "collator")
+
+
 def test_tokenizer_save_pretrained(directory: Path, tmp_path: Path) -> None:
     """tok.save_pretrained writes what HF's AutoTokenizer, tandem and sentence-transformers read back with the
     same ids; a tandem sentence model saved next to it is a complete sentence-transformers folder."""

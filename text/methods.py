@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,51 @@ class TokenizerMethods:
             raise TypeError("batch_encode_plus takes a non-empty list of str, or of (text, pair) tuples")
         return self(items, **kwargs)  # type: ignore[operator]
 
+    def pad(
+        self,
+        encoded_inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = None,
+    ) -> Encoding:
+        """HF's ``pad``: unpadded rows (a dict of lists of rows, or one dict per row as a data collator such as
+        HF's ``DataCollatorWithPadding`` hands them) padded as a call pads them: ``input_ids`` with the pad id,
+        ``token_type_ids`` with 0, ``attention_mask`` with 0 (made when missing), ``special_tokens_mask`` with 1,
+        on ``padding_side``. Other fields (``labels``) are kept as they are; ``return_tensors`` converts all."""
+        if isinstance(encoded_inputs, (list, tuple)):
+            if not encoded_inputs or not all(isinstance(row, Mapping) for row in encoded_inputs):
+                raise TypeError("pad takes a dict of lists of rows, or a non-empty list of dicts (one per row)")
+            encoded_inputs = {k: [row[k] for row in encoded_inputs] for k in encoded_inputs[0]}
+        if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
+            raise ValueError("pad needs input_ids (a list of rows of ids)")
+        pad, _, length = self._strategies(padding, False, max_length, pad_to_multiple_of)  # type: ignore[attr-defined]
+        side = self.padding_side if padding_side is None else padding_side
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
+        fields = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in encoded_inputs.items()}
+        single = not fields["input_ids"] or isinstance(fields["input_ids"][0], int)
+        fill = {"input_ids": self.pad_token_id, "token_type_ids": 0, "attention_mask": 0, "special_tokens_mask": 1}
+        if single:
+            fields = {k: [v] for k, v in fields.items()}
+        fields = {k: [_ids(row) for row in v] if k in fill else list(v) for k, v in fields.items()}
+        mask = "attention_mask" in self.model_input_names if return_attention_mask is None else return_attention_mask
+        if mask and "attention_mask" not in fields:
+            fields["attention_mask"] = [[1] * len(row) for row in fields["input_ids"]]
+        if pad == "longest":
+            length = max(len(row) for row in fields["input_ids"])
+        if pad is not None and pad_to_multiple_of and length % pad_to_multiple_of:
+            length += pad_to_multiple_of - length % pad_to_multiple_of
+        missing = [0 if pad is None else max(length - len(row), 0) for row in fields["input_ids"]]  # type: ignore[operator]
+        for name in (n for n in fill if n in fields):
+            extra = [[fill[name]] * count for count in missing]
+            fields[name] = [r + e if side == "right" else e + r for r, e in zip(fields[name], extra, strict=True)]
+        if return_tensors is not None:
+            return Encoding({k: _as_tensor(v, return_tensors) for k, v in fields.items()})
+        return Encoding({k: v[0] for k, v in fields.items()} if single else fields)
+
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> tuple[str, ...]:
         """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into
         ``save_directory``, which ``Tokenizer.from_pretrained``, HF's ``AutoTokenizer`` (as a
@@ -232,6 +277,21 @@ def _ids(ids: Any) -> list[int]:
     if not isinstance(ids, (list, tuple)) or any(isinstance(i, (list, tuple)) for i in ids):
         raise TypeError(f"expected an id or a 1-D sequence of ids, got {type(ids).__name__}")
     return list(ids)
+
+
+def _as_tensor(values: Any, kind: str) -> Any:
+    """A field of :meth:`TokenizerMethods.pad` as HF's ``BatchEncoding`` converts it (ids as int64)."""
+    if kind == "np":
+        return np.asarray(values)
+    if kind == "pt":
+        import torch
+
+        return torch.tensor(values)
+    if kind == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(values)
+    raise ValueError(f"return_tensors must be 'np', 'pt', 'jax' or None, got {kind!r}")
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
