@@ -108,6 +108,17 @@ def _modes(path: Path) -> tuple[str, ...]:
     return modes
 
 
+def transformer_folder(directory: Path) -> Path:
+    """The folder of a sentence-transformers directory's ``Transformer`` module (``0_Transformer/`` in the older
+    layout), whatever its other modules are; ``directory`` itself without ``modules.json`` or such a module."""
+    listing = directory / "modules.json"
+    modules = _read_json(listing) if listing.is_file() else []
+    for module in modules if isinstance(modules, list) else ():
+        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Transformer"):
+            return directory / str(module.get("path", ""))
+    return directory
+
+
 def read_sentence_transformers(directory: str | Path) -> tuple[SentenceSpec, Path] | None:
     """The pooling a sentence-transformers directory declares and the folder of its ``Transformer`` module
     (the HF checkpoint), or None when ``directory`` has no ``modules.json``.
@@ -201,6 +212,8 @@ def sentence_task(
         directory, task = found[1], task or SENTENCE_TASK
     if task == SENTENCE_TASK:
         return directory, task, sentence_spec(pooling, normalize, found[0] if found else None)
+    if directory is not None:  # another task of a sentence-transformers directory: its transformer
+        directory = transformer_folder(directory)
     if pooling is not None or normalize is not None:
         raise ValueError(f"pooling and normalize apply to task={SENTENCE_TASK!r}, not to task={task!r}")
     return directory, task, None
@@ -213,5 +226,6 @@ __all__ = [
     "sentence_embedding_graph",
     "sentence_spec",
     "sentence_task",
+    "transformer_folder",
     "write_sentence_transformers",
 ]

@@ -406,6 +406,12 @@ def test_sentence_transformers_subfolder_layout(directory: Path, tmp_path: Path)
     diff = float(np.abs(tandem.from_pretrained(tmp_path).encode(tok, SENTENCES) - theirs).max())
     harness.record("MiniLM in the 0_Transformer layout, torch vs sentence-transformers", diff)
     assert diff <= 1e-5
+    assert tandem.from_pretrained(tmp_path, task="base").graph.task == "base"  # another task: the transformer
+    from tandem.tools.cli import main
+
+    (tmp_path / "texts.txt").write_text("\n".join(SENTENCES))
+    argv = ["parity", str(tmp_path), "--texts", str(tmp_path / "texts.txt"), "--tol", "1e-4", "--no-reference"]
+    assert main(argv) == 0
 
 
 def _example() -> ModuleType:

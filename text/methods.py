@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.sentence import transformer_folder
+
 # HF's SPECIAL_TOKENS_ATTRIBUTES order, which all_special_tokens follows
 ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _NO_LIMIT = int(1e30)  # what HF writes as model_max_length when there is none
@@ -257,17 +259,9 @@ def tokenizer_folder(directory: Path) -> Path:
     """Where a checkpoint's tokenizer files are: ``directory``, or, for a sentence-transformers folder whose
     ``Transformer`` module sits in a subfolder (``0_Transformer/``, the older layout) and that has no tokenizer
     files of its own, that subfolder (where sentence-transformers reads them)."""
-    listing = directory / "modules.json"
-    if not listing.is_file() or any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+    if any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         return directory
-    try:
-        modules = json.loads(listing.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{listing}: cannot read it as JSON ({error})") from error
-    for module in modules if isinstance(modules, list) else ():
-        if isinstance(module, dict) and str(module.get("type", "")).endswith("Transformer") and module.get("path"):
-            return directory / str(module["path"])
-    return directory
+    return transformer_folder(directory)
 
 
 def _ids(ids: Any) -> list[int]:

@@ -41,7 +41,7 @@ from ..core.checkpoint import read_weights, task_for_checkpoint
 from ..core.hub import resolve
 from ..core.nodes import ModelGraph, join
 from ..core.params import walk
-from ..core.sentence import SENTENCE_TASK
+from ..core.sentence import SENTENCE_TASK, transformer_folder
 from .harness import flatten_outputs
 from .references import REFERENCES, hf_torch_model
 from .sentences import sentence_reference
@@ -424,8 +424,9 @@ def checkpoint_parity(
     does not read) it loads our torch model's weights, so all three share every weight.
     """
     path = resolve(path, argument="path")  # a Hub id: its snapshot in the HF cache
+    folder = transformer_folder(path)  # a sentence-transformers directory's transformer (path itself, or 0_*/)
     if task is None:  # the checkpoint's own HF class (a sentence-transformers directory's too: its transformer)
-        task = task_for_checkpoint(config_from_hf(path)) or "base"
+        task = task_for_checkpoint(config_from_hf(folder)) or "base"
     torch_model = from_pretrained(path, backend="torch", task=task)
     flax_model = from_pretrained(path, backend="flax", task=task)
     config = torch_model.config
@@ -437,8 +438,8 @@ def checkpoint_parity(
         family = family_of(config)
         if task == SENTENCE_TASK:  # HF's base model, then sentence-transformers' pooling
             reference = sentence_reference(torch_model)
-        elif task == (task_for_checkpoint(config) or "base") and read_weights(path).layout == "torch":
-            reference = hf_torch_model(path, family.name, task)
+        elif task == (task_for_checkpoint(config) or "base") and read_weights(folder).layout == "torch":
+            reference = hf_torch_model(folder, family.name, task)
         else:
             with tempfile.TemporaryDirectory(prefix="tandem-parity-") as tmp:
                 save_pretrained(torch_model, tmp)
