@@ -38,8 +38,9 @@ def chunked_attention(
     offset: Array | None,
     ctx: Any,
 ) -> Array | None:
-    """Non-causal full self-attention of a long call, (B, S, h * d), in query chunks; None when the call is
-    not one (another variant, training, attention maps, a head mask, a cache, a short input)."""
+    """Non-causal full self-attention of a long call, (B, S, h * d), a head and a block of query rows at a
+    time; None when the call is not one (another variant, training, attention maps, a head mask, a cache, a
+    short input)."""
     b, h, s, d = q.shape
     variant = node.variant
     if not isinstance(variant, n.FullAttention) or variant.causal or head_mask is not None or offset is not None:
