@@ -156,8 +156,8 @@ def from_pretrained(
         raise TypeError("from_pretrained takes dtype='float32'|'bfloat16'|'float16' (every backend), not torch_dtype")
     for name in sorted(config_overrides.keys() & _HF_LOADER_ARGUMENTS.keys()):
         raise TypeError(f"from_pretrained: {name} is not a config field; {_HF_LOADER_ARGUMENTS[name]}")
-    directory = checkpoint_directory(resolve(path, revision, argument="path"), "path")
-    directory, task, sentence = sentence_task(directory, task, pooling, normalize)
+    root = checkpoint_directory(resolve(path, revision, argument="path"), "path")
+    directory, task, sentence = sentence_task(root, task, pooling, normalize)
     config = config_from_hf(directory)
     if config_overrides:
         config = config.with_overrides(config_overrides, "from_pretrained")
@@ -168,8 +168,11 @@ def from_pretrained(
     resize = bool(config_overrides)  # a head resized by the overrides is re-initialised
     weights, _ = match_weights(graph, config, checkpoint, checkpoint_task, strict, reinitialise_mismatched_heads=resize)
     if mesh is not None:  # each rank reads its slices of the memory-mapped weights
-        return adapter.create(graph, config, weights, dtype, mesh=mesh, rules=rules)
-    return adapter.create(graph, config, weights, dtype)
+        model = adapter.create(graph, config, weights, dtype, mesh=mesh, rules=rules)
+    else:
+        model = adapter.create(graph, config, weights, dtype)
+    model.name_or_path = str(root)  # HF's attribute: where the model came from (its tokenizer is there)
+    return model
 
 
 def save_pretrained(

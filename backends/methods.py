@@ -44,8 +44,8 @@ class PretrainedMethods:
 
     def encode(
         self,
-        tokenizer: Any,
-        texts: str | Sequence[str],
+        texts_or_tokenizer: Any,
+        texts: str | Sequence[str] | None = None,
         batch_size: int = 32,
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
@@ -53,10 +53,13 @@ class PretrainedMethods:
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
     ) -> Any:
-        """:func:`tandem.encode` with this model (a ``sentence_embedding`` one): ``model.encode(tok, texts)``,
-        with sentence-transformers' arguments (``normalize_embeddings``, ``convert_to_tensor``...)."""
+        """:func:`tandem.encode` with this model (a ``sentence_embedding`` one), with sentence-transformers'
+        arguments (``normalize_embeddings``, ``convert_to_tensor``...): ``model.encode(texts)`` tokenizes
+        with the tokenizer of the directory the model was loaded from; ``model.encode(tok, texts)`` with
+        ``tok``."""
         from ..text import encode
 
+        tokenizer, texts = (None, texts_or_tokenizer) if texts is None else (texts_or_tokenizer, texts)
         return encode(
             self,
             tokenizer,

@@ -368,6 +368,9 @@ def test_encode_takes_sentence_transformers_arguments(directory: Path, backend: 
     diff = float(np.abs(ours - theirs).max())
     harness.record(f"MiniLM encode(normalize_embeddings=True), {backend} vs sentence-transformers", diff)
     assert diff <= 1e-5
+    # sentence-transformers' model.encode(texts): the tokenizer of the directory the model was loaded from
+    assert model.name_or_path == str(directory)
+    np.testing.assert_array_equal(model.encode(texts, batch_size=2, normalize_embeddings=True), ours)
     tensor = model.encode(tok, texts, batch_size=2, normalize_embeddings=True, convert_to_tensor=True)
     rows = tandem.encode(model, tok, texts, batch_size=2, normalize_embeddings=True, convert_to_numpy=False)
     one = model.encode(tok, texts[0], convert_to_tensor=True)
@@ -385,6 +388,10 @@ def test_encode_takes_sentence_transformers_arguments(directory: Path, backend: 
         model.encode(tok, texts, normalize_embeddings="yes")
     with pytest.raises(TypeError, match=r"the call is encode\(model, tokenizer, texts\)"):
         model.encode(texts, tok)
+    built = tandem.build(model.config, task="sentence_embedding", backend=backend, pooling="mean")
+    with pytest.raises(ValueError, match="not loaded from a directory, so it has no tokenizer of its own"):
+        built.encode(texts)
+    np.testing.assert_array_equal(built.encode(tok, texts[:1]), tandem.encode(built, tok, texts[:1]))
 
 
 def test_sentence_transformers_subfolder_layout(directory: Path, tmp_path: Path) -> None:

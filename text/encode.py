@@ -6,6 +6,7 @@ import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,25 @@ def _bar(texts: int, batches: int, progress: bool | None) -> Any:
     return tqdm(total=texts, desc="encode", unit="text")
 
 
+@lru_cache(maxsize=8)
+def _directory_tokenizer(directory: str) -> Tokenizer:
+    return Tokenizer.from_pretrained(directory)
+
+
+def _own_tokenizer(model: Any) -> Tokenizer:
+    """The tokenizer of the directory ``model`` was loaded from (read once per directory)."""
+    directory = getattr(model, "name_or_path", None)
+    if directory is None:
+        raise ValueError(
+            "this model was not loaded from a directory, so it has no tokenizer of its own: pass one, "
+            "model.encode(tokenizer, texts) with tokenizer = tandem.Tokenizer.from_pretrained(path)"
+        )
+    return _directory_tokenizer(directory)
+
+
 def encode(
     model: Any,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | None,
     texts: str | Sequence[str],
     batch_size: int = 32,
     max_length: int | None = None,
@@ -46,10 +63,13 @@ def encode(
     """Sentence embeddings of ``texts`` as a float32 numpy array (N, D) in input order ((D,) for one str).
 
     ``model`` is a ``sentence_embedding`` model in any backend (``tandem.from_pretrained`` of a
-    sentence-transformers directory is one). As sentence-transformers does, the texts are sorted by length
-    (longest first), tokenized ``batch_size`` at a time with padding to the longest of the batch and
-    truncation to ``max_length`` (default: the directory's ``max_seq_length``, else the smaller of the
-    tokenizer's ``model_max_length`` and the model's ``max_position_embeddings``), and run without gradients.
+    sentence-transformers directory is one). ``tokenizer`` None: the tokenizer of the directory the model was
+    loaded from (``model.name_or_path``), as sentence-transformers' ``model.encode(texts)``.
+
+    As sentence-transformers does, the texts are sorted by length (longest first), tokenized ``batch_size`` at
+    a time with padding to the longest of the batch and truncation to ``max_length`` (default: the
+    directory's ``max_seq_length``, else the smaller of the tokenizer's ``model_max_length`` and the model's
+    ``max_position_embeddings``), and run without gradients.
     The other arguments are sentence-transformers' ``encode`` arguments: ``show_progress_bar``, a tqdm bar
     (None: only for inputs of 8 batches or more; needs tqdm); ``normalize_embeddings``, unit length (L2,
     as ``F.normalize``; a no-op on a model that normalises already); ``convert_to_tensor``, one float32 tensor
@@ -70,10 +90,12 @@ def encode(
             f"encode needs a sentence_embedding model, got {task}: load it with "
             "tandem.from_pretrained(path, task='sentence_embedding', pooling=..., normalize=...)"
         )
+    if tokenizer is None:
+        tokenizer = _own_tokenizer(model)
     if not isinstance(tokenizer, Tokenizer):
         raise TypeError(
             f"tokenizer must be a tandem.Tokenizer, got {type(tokenizer).__name__}: the call is "
-            "encode(model, tokenizer, texts) or model.encode(tokenizer, texts)"
+            "encode(model, tokenizer, texts), model.encode(texts) or model.encode(tokenizer, texts)"
         )
     for name, flag in (
         ("normalize_embeddings", normalize_embeddings),
