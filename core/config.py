@@ -119,7 +119,9 @@ class FamilyConfig(BaseModel):
         id2label = data.get("id2label")
         if not isinstance(id2label, dict) or len(id2label) != num_labels:
             data["id2label"] = _default_id2label(num_labels)
-            data["label2id"] = {name: int(i) for i, name in data["id2label"].items()}
+            label2id = data.get("label2id")  # given alone (HF keeps it beside the placeholder names)
+            if not isinstance(label2id, dict) or len(label2id) != num_labels:
+                data["label2id"] = {name: int(i) for i, name in data["id2label"].items()}
         data["model_type"] = self.model_type
         return data
 
@@ -169,7 +171,8 @@ class FamilyConfig(BaseModel):
             data.setdefault("num_labels", len(id2label))
             if id2label == _default_id2label(len(id2label)):  # HF's placeholder names carry nothing
                 data.pop("id2label")
-                data.pop("label2id", None)
+                if data.get("label2id") == {name: int(i) for i, name in id2label.items()}:
+                    data.pop("label2id")
         try:
             return cls.model_validate(data, strict=True)
         except ValidationError as err:

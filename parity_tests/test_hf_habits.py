@@ -218,10 +218,15 @@ def test_config_label_maps_as_hf(checkpoints: harness.CheckpointCache, tmp_path:
     import transformers
 
     directory = checkpoints.get("sequence_classification").directory
-    for overrides in ({}, {"num_labels": 3}, {"id2label": {0: "neg", 1: "pos", 2: "x"}}):
+    label_maps = ({"id2label": {0: "neg", 1: "pos", 2: "x"}}, {"label2id": {"n": 0, "p": 1}})
+    for overrides in ({}, {"num_labels": 3}, *label_maps):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a resized classifier is re-initialised, with a warning
             model = tandem.from_pretrained(directory, backend="torch", **overrides)
+        hf = transformers.AutoConfig.from_pretrained(directory, **overrides)  # HF's own override
+        assert model.config.id2label == hf.id2label, overrides
+        if "id2label" not in overrides:  # HF then keeps config.json's stale label2id; tandem inverts the names
+            assert model.config.label2id == hf.label2id, overrides
         model.save_pretrained(tmp_path)  # config.json writes the ids as str keys
         for config in (model.config, tandem.from_pretrained(tmp_path, backend="torch").config):
             reference = transformers.AutoConfig.from_pretrained(tmp_path)
