@@ -171,7 +171,7 @@ def from_pretrained(
         model = adapter.create(graph, config, weights, dtype, mesh=mesh, rules=rules)
     else:
         model = adapter.create(graph, config, weights, dtype)
-    model.name_or_path = str(root)  # HF's attribute: where the model came from (its tokenizer is there)
+    model.name_or_path = str(root)  # HF's attribute name; here the local folder (a Hub id: its snapshot)
     return model
 
 

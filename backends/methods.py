@@ -59,6 +59,11 @@ class PretrainedMethods:
         ``tok``."""
         from ..text import encode
 
+        if texts is not None and not isinstance(texts, (str, list, tuple)):
+            raise TypeError(
+                f"model.encode(texts, ...) or model.encode(tokenizer, texts, ...): the second argument is the texts, "
+                f"got {type(texts).__name__}; pass batch_size and the other options by keyword"
+            )
         tokenizer, texts = (None, texts_or_tokenizer) if texts is None else (texts_or_tokenizer, texts)
         return encode(
             self,

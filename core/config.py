@@ -104,13 +104,18 @@ class FamilyConfig(BaseModel):
     @property
     def id2label(self) -> dict[int, str]:
         """The label names by class index, as HF's ``config.id2label``: int keys, ``LABEL_<i>`` by default."""
-        names = (self.model_extra or {}).get("id2label") or _default_id2label(self.num_labels)
+        names = (self.model_extra or {}).get("id2label")
+        if not isinstance(names, dict) or len(names) != self.num_labels:  # as config.json is written
+            names = _default_id2label(self.num_labels)
         return {int(k): v for k, v in names.items()}
 
     @property
     def label2id(self) -> dict[str, int]:
         """The class index of each label name, as HF's ``config.label2id``."""
-        return (self.model_extra or {}).get("label2id") or {v: k for k, v in self.id2label.items()}
+        given = (self.model_extra or {}).get("label2id")
+        if isinstance(given, dict) and len(given) == self.num_labels:
+            return given
+        return {v: k for k, v in self.id2label.items()}
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF ``config.json`` contents (``model_type``, ``id2label``/``label2id`` included)."""

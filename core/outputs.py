@@ -82,6 +82,6 @@ def finish(out: dict[str, Any], return_dict: bool | None) -> ModelOutput | tuple
     (None, HF's "the config decides", is True: tandem's configs always return the dict)."""
     if return_dict is not None and not isinstance(return_dict, bool):
         raise TypeError(f"return_dict must be a bool, got {type(return_dict).__name__}")
-    result = ModelOutput(out)
-    result = ModelOutput(zip(result.names(), result.to_tuple(), strict=True))  # keys in HF's order, as to_tuple
+    unordered = ModelOutput(out)
+    result = ModelOutput((name, out[name]) for name in unordered.names())  # keys in HF's order, as to_tuple
     return result if return_dict is not False else result.to_tuple()

@@ -234,6 +234,15 @@ def test_config_label_maps_as_hf(checkpoints: harness.CheckpointCache, tmp_path:
             assert config.id2label[config.num_labels - 1] == reference.id2label[reference.num_labels - 1]
 
 
+def test_label_maps_read_as_written() -> None:
+    """Label names that do not fit ``num_labels`` read as config.json writes them: HF's placeholders."""
+    config = tandem.BertConfig(**harness.TINY, num_labels=3, id2label={0: "neg", 1: "pos"})
+    written = config.to_hf_dict()
+    placeholders = {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    assert config.id2label == {int(k): v for k, v in written["id2label"].items()} == placeholders
+    assert config.label2id == written["label2id"]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dtype_objects_as_hf(backend: str) -> None:
     """``dtype=torch.bfloat16`` (HF's habit), a jax or numpy dtype, or its name: the same model."""

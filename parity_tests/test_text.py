@@ -386,8 +386,12 @@ def test_encode_takes_sentence_transformers_arguments(directory: Path, backend: 
         assert model.training if backend == "torch" else not model.deterministic
     with pytest.raises(TypeError, match="normalize_embeddings must be a bool, got str"):
         model.encode(tok, texts, normalize_embeddings="yes")
-    with pytest.raises(TypeError, match=r"the call is encode\(model, tokenizer, texts\)"):
+    with pytest.raises(TypeError, match="the second argument is the texts, got Tokenizer"):
         model.encode(texts, tok)
+    with pytest.raises(TypeError, match=r"the call is encode\(model, tokenizer, texts\)"):
+        tandem.encode(model, texts, tok)
+    with pytest.raises(TypeError, match="pass batch_size and the other options by keyword"):
+        model.encode(texts, 2)
     built = tandem.build(model.config, task="sentence_embedding", backend=backend, pooling="mean")
     with pytest.raises(ValueError, match="not loaded from a directory, so it has no tokenizer of its own"):
         built.encode(texts)

@@ -6,7 +6,6 @@ import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -33,20 +32,16 @@ def _bar(texts: int, batches: int, progress: bool | None) -> Any:
     return tqdm(total=texts, desc="encode", unit="text")
 
 
-@lru_cache(maxsize=8)
-def _directory_tokenizer(directory: str) -> Tokenizer:
-    return Tokenizer.from_pretrained(directory)
-
-
 def _own_tokenizer(model: Any) -> Tokenizer:
-    """The tokenizer of the directory ``model`` was loaded from (read once per directory)."""
+    """The tokenizer of the directory ``model`` was loaded from, read afresh (a tokenizer saved there since is
+    the one used, and no two calls share a mutable tokenizer)."""
     directory = getattr(model, "name_or_path", None)
     if directory is None:
         raise ValueError(
             "this model was not loaded from a directory, so it has no tokenizer of its own: pass one, "
             "model.encode(tokenizer, texts) with tokenizer = tandem.Tokenizer.from_pretrained(path)"
         )
-    return _directory_tokenizer(directory)
+    return Tokenizer.from_pretrained(directory)
 
 
 def encode(

@@ -10,6 +10,9 @@ equal the dense computation's up to rounding (about 1e-7 in float32). One global
 8192 positions, on the 2-core development VM: 2.0 s, where query blocks of 512 rows over all heads at once
 took 7.2 s and torch's fused SDPA kernel 2.5 s (``tandem.tools.bench_local`` measures the whole model).
 
+On an accelerator, where one small step at a time would leave the device idle, ``b * h`` blocks run per
+step (as the block-sparse kernel batches its pairs there); that layout has not been timed on a device.
+
 It runs in evaluation, for calls of at least :data:`MIN_LENGTH` positions that ask for no attention maps,
 no head mask and no cache.
 """
@@ -62,5 +65,7 @@ def chunked_attention(
         context = jnp.matmul(weights.astype(q.dtype), values[pair])
         return (context / jnp.sum(weights, axis=-1, keepdims=True)).astype(q.dtype)
 
-    context = jax.lax.map(rows, jnp.arange(b * h * chunks)).reshape(b, h, chunks * QUERY_CHUNK, d)[:, :, :s]
+    step = None if jax.default_backend() == "cpu" else b * h  # an accelerator runs b * h blocks per step
+    blocks = jax.lax.map(rows, jnp.arange(b * h * chunks), batch_size=step)
+    context = blocks.reshape(b, h, chunks * QUERY_CHUNK, d)[:, :, :s]
     return context.transpose(0, 2, 1, 3).reshape(b, s, h * d)

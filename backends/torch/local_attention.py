@@ -3,6 +3,8 @@ only the band (linear in the length) with the same numbers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -67,5 +69,16 @@ def _uniform_weights_grad(q: Tensor, k: Tensor, v: Tensor, divisor: float) -> Te
     comes from the mean itself."""
     centred = (v - v.mean(dim=2, keepdim=True)).detach()
     moment = torch.matmul(k.transpose(-1, -2), centred) / (k.shape[2] * divisor)  # (B, h, d, d)
-    linear = torch.matmul(q, moment)
-    return linear - linear.detach()
+    return _ZeroWithGradient.apply(torch.matmul(q, moment))
+
+
+class _ZeroWithGradient(torch.autograd.Function):
+    """Exact zeros (even where the input overflows) that pass the incoming gradient to the input unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad
