@@ -24,11 +24,11 @@ from .common import (
     attention_block,
     check_absolute_positions,
     check_decoder_fields,
+    config_layer,
     embeddings,
     layer_stack,
     linear,
     lm_head,
-    post_ln_layer,
 )
 from .tasks import Task, TaskHeads, base_heads, build_task_graph, causal_lm_heads, masked_lm_heads, shared_heads
 
@@ -78,17 +78,8 @@ def _attention_block(config: BertConfig, path: str, source: Literal["self", "enc
 
 
 def _layer(config: BertConfig, index: int) -> TransformerLayer:
-    return post_ln_layer(
-        index,
-        attention=_attention_block(config, "attention", "self"),
-        crossattention=_attention_block(config, "crossattention", "encoder") if config.add_cross_attention else None,
-        features=config.hidden_size,
-        intermediate=config.intermediate_size,
-        activation=config.hidden_act,
-        dropout=config.hidden_dropout_prob,
-        eps=config.layer_norm_eps,
-        std=config.initializer_range,
-    )
+    cross = _attention_block(config, "crossattention", "encoder") if config.add_cross_attention else None
+    return config_layer(config, index, _attention_block(config, "attention", "self"), cross)
 
 
 def _backbone(config: BertConfig, prefix: str, pooled: bool) -> Backbone:

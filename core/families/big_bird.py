@@ -34,11 +34,11 @@ from .common import (
     add_norm,
     attention_block,
     check_decoder_fields,
+    config_layer,
     embeddings,
     layer_stack,
     linear,
     lm_head,
-    post_ln_layer,
 )
 from .tasks import Task, TaskHeads, base_heads, build_task_graph, causal_lm_heads, masked_lm_heads, shared_heads
 
@@ -117,17 +117,7 @@ def _layer(config: BigBirdConfig, index: int) -> TransformerLayer:
     cross = (
         _attention_block(config, "crossattention", FullAttention(), "encoder") if config.add_cross_attention else None
     )
-    return post_ln_layer(
-        index,
-        attention=_attention_block(config, "attention", variant),
-        crossattention=cross,
-        features=config.hidden_size,
-        intermediate=config.intermediate_size,
-        activation=config.hidden_act,
-        dropout=config.hidden_dropout_prob,
-        eps=config.layer_norm_eps,
-        std=config.initializer_range,
-    )
+    return config_layer(config, index, _attention_block(config, "attention", variant), cross)
 
 
 def _backbone(config: BigBirdConfig, prefix: str, pooled: bool) -> Backbone:

@@ -139,6 +139,24 @@ def post_ln_layer(
     )
 
 
+def config_layer(
+    config: Any, index: int, attention: AttentionBlock, crossattention: AttentionBlock | None = None
+) -> TransformerLayer:
+    """:func:`post_ln_layer` sized by a BERT-style config's fields (``hidden_size``, ``intermediate_size``,
+    ``hidden_act``, ``hidden_dropout_prob``, ``layer_norm_eps``, ``initializer_range``)."""
+    return post_ln_layer(
+        index,
+        attention=attention,
+        crossattention=crossattention,
+        features=config.hidden_size,
+        intermediate=config.intermediate_size,
+        activation=config.hidden_act,
+        dropout=config.hidden_dropout_prob,
+        eps=config.layer_norm_eps,
+        std=config.initializer_range,
+    )
+
+
 def layer_stack(layers: list[TransformerLayer]) -> Encoder:
     """``encoder.layer.*``: each layer runs once, in order, with its own head-mask row."""
     steps = [(i,) for i in range(len(layers))]

@@ -24,10 +24,9 @@ from ..nodes import (
     LMHead,
     ModelGraph,
     RelativeEncoder,
-    TransformerLayer,
     join,
 )
-from .common import QKV_AXES, add_norm, linear, post_ln_layer
+from .common import QKV_AXES, add_norm, config_layer, linear
 from .deberta_shared import (
     DisentangledConfig,
     embeddings,
@@ -117,26 +116,12 @@ def _attention_block(config: DebertaConfig) -> AttentionBlock:
     )
 
 
-def _layer(config: DebertaConfig, index: int) -> TransformerLayer:
-    return post_ln_layer(
-        index,
-        attention=_attention_block(config),
-        crossattention=None,
-        features=config.hidden_size,
-        intermediate=config.intermediate_size,
-        activation=config.hidden_act,
-        dropout=config.hidden_dropout_prob,
-        eps=config.layer_norm_eps,
-        std=config.initializer_range,
-    )
-
-
 def _backbone(config: DebertaConfig, prefix: str, pooled: bool) -> Backbone:
     """``embeddings`` and ``encoder`` (its ``rel_embeddings``: 2 * max_relative_positions rows, no norm) under
     ``prefix``; HF's DeBERTa model has no pooler of its own."""
     encoder = RelativeEncoder(
         path="encoder",
-        layers=[_layer(config, i) for i in range(config.num_hidden_layers)],
+        layers=[config_layer(config, i, _attention_block(config)) for i in range(config.num_hidden_layers)],
         rel_embeddings=relative_table(config, 2 * config.relative_distance),
         dropout=config.hidden_dropout_prob,
     )

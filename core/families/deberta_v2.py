@@ -25,9 +25,8 @@ from ..nodes import (
     LayerNorm,
     ModelGraph,
     RelativeEncoder,
-    TransformerLayer,
 )
-from .common import QKV_AXES, add_norm, linear, post_ln_layer
+from .common import QKV_AXES, add_norm, config_layer, linear
 from .deberta_shared import (
     POSITION_TERMS,
     DisentangledConfig,
@@ -138,20 +137,6 @@ def _attention_block(config: DebertaV2Config) -> AttentionBlock:
     )
 
 
-def _layer(config: DebertaV2Config, index: int) -> TransformerLayer:
-    return post_ln_layer(
-        index,
-        attention=_attention_block(config),
-        crossattention=None,
-        features=config.hidden_size,
-        intermediate=config.intermediate_size,
-        activation=config.hidden_act,
-        dropout=config.hidden_dropout_prob,
-        eps=config.layer_norm_eps,
-        std=config.initializer_range,
-    )
-
-
 def _encoder(config: DebertaV2Config) -> RelativeEncoder:
     h, std, eps = config.hidden_size, config.initializer_range, config.layer_norm_eps
     conv = None
@@ -167,7 +152,7 @@ def _encoder(config: DebertaV2Config) -> RelativeEncoder:
         )
     return RelativeEncoder(
         path="encoder",
-        layers=[_layer(config, i) for i in range(config.num_hidden_layers)],
+        layers=[config_layer(config, i, _attention_block(config)) for i in range(config.num_hidden_layers)],
         rel_embeddings=relative_table(config, 2 * config.span),
         norm=LayerNorm(path="LayerNorm", features=h, eps=eps) if "layer_norm" in config.rel_norms else None,
         dropout=config.hidden_dropout_prob,

@@ -28,9 +28,9 @@ from .common import (
     attention_block,
     check_absolute_positions,
     check_decoder_fields,
+    config_layer,
     embeddings,
     linear,
-    post_ln_layer,
 )
 from .tasks import Task, TaskHeads, base_heads, build_task_graph, causal_lm_heads, shared_heads
 
@@ -113,17 +113,8 @@ def _layer(config: ElectraConfig, index: int) -> TransformerLayer:
             source=source,
         )
 
-    layer = post_ln_layer(
-        index,
-        attention=block("attention", "self"),
-        crossattention=block("crossattention", "encoder") if config.add_cross_attention else None,
-        features=config.hidden_size,
-        intermediate=config.intermediate_size,
-        activation=config.hidden_act,
-        dropout=config.hidden_dropout_prob,
-        eps=config.layer_norm_eps,
-        std=config.initializer_range,
-    )
+    cross = block("crossattention", "encoder") if config.add_cross_attention else None
+    layer = config_layer(config, index, block("attention", "self"), cross)
     return layer.model_copy(update={"path": f"encoder.{layer.path}"})
 
 
